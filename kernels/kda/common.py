@@ -1,0 +1,69 @@
+"""Input preparation shared by every KDA implementation.
+
+The fused kernels can normalise q/k and compute the decay gate in-kernel; the reference paths do
+the same work here, in PyTorch, so all implementations accept one argument list.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last dimension, computed in float32 or better."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def kda_gate(g_raw: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The KDA log decay -exp(A_log) * softplus(g_raw + dt_bias), in float32 (or float64).
+
+    g_raw: [..., H, K]; A_log: any shape with H elements (one decay rate per head); dt_bias: H*K.
+    """
+    H, K = g_raw.shape[-2:]
+    dtype = torch.float64 if g_raw.dtype == torch.float64 else torch.float32
+    x = g_raw.to(dtype)
+    if dt_bias is not None:
+        x = x + dt_bias.to(dtype).reshape(H, K)
+    return -A_log.to(dtype).reshape(H, 1).exp() * F.softplus(x)
+
+
+def prepare_inputs(q, k, g, use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+                   A_log=None, dt_bias=None):
+    """Apply the optional in-kernel steps (q/k L2 norm, gate activation) in PyTorch."""
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    if use_gate_in_kernel:
+        if A_log is None:
+            raise ValueError("use_gate_in_kernel=True needs A_log (and optionally dt_bias)")
+        g = kda_gate(g, A_log, dt_bias)
+    return q, k, g
+
+
+def check_shapes(q, k, v, g, beta, initial_state, cu_seqlens):
+    """Raise a ValueError naming the argument whose shape breaks the chunk_kda contract."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must match q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if g.shape != q.shape:
+        raise ValueError(f"g must match q {tuple(q.shape)}, got {tuple(g.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, T, H, V] with B, T, H = {B, T, H}, got {tuple(v.shape)}")
+    if beta.shape != q.shape[:3]:
+        raise ValueError(f"beta must be [B, T, H] = {(B, T, H)}, got {tuple(beta.shape)}")
+    N = B
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"cu_seqlens needs a packed batch with B == 1, got B = {B}")
+        if cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T:
+            raise ValueError(f"cu_seqlens must run from 0 to T = {T}, got {cu_seqlens.tolist()}")
+        N = cu_seqlens.numel() - 1
+    if initial_state is not None and initial_state.shape != (N, H, K, v.shape[-1]):
+        raise ValueError(f"initial_state must be [N, H, K, V] = {(N, H, K, v.shape[-1])}, "
+                         f"got {tuple(initial_state.shape)}")
+    return N
+
+
+def accum_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (the oracle); everything else accumulates in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

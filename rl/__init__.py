@@ -1,0 +1,1 @@
+"""rl: the RL loop, the only part that knows all the others."""
