@@ -1,0 +1,98 @@
+"""The decode cache of a Kimi Linear model.
+
+A KDA layer keeps a fixed-size state per sequence: the last W-1 inputs of its three short convolutions
+and the float32 delta-rule state S [H, K, V]. An MLA layer keeps, per past token, only the compressed
+latent c (kv_lora_rank values) and the shared k_pe (qk_rope_head_dim values); keys and values are
+re-expanded from them. `valid` marks real tokens, so left-padded batches of prompts decode together.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KDAState:
+    conv: torch.Tensor          # [B, 3, H*D, W-1]: q, k, v conv inputs, in the model dtype
+    recurrent: torch.Tensor     # [B, H, D, D] float32
+
+
+@dataclass
+class MLAState:
+    latent: torch.Tensor        # [B, L, kv_lora_rank]
+    k_pe: torch.Tensor          # [B, L, qk_rope_head_dim]
+
+
+class KimiLinearCache:
+    """Per-layer decode state for a batch of sequences that advance together."""
+
+    is_compileable = False
+
+    def __init__(self, config):
+        self.config = config
+        self.layers: list[KDAState | MLAState | None] = [None] * config.num_hidden_layers
+        self.valid: torch.Tensor | None = None      # [B, L] bool, True for real (non-pad) tokens
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[0]
+
+    def append_valid(self, valid: torch.Tensor):
+        """Record the validity mask [B, T] of the tokens being fed in this forward pass."""
+        self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=1)
+
+    def update_mla(self, layer_idx, latent, k_pe):
+        """Append this step's latents and return the full history [B, L, ...] for attention."""
+        old = self.layers[layer_idx]
+        if old is not None:
+            latent = torch.cat([old.latent, latent], dim=1)
+            k_pe = torch.cat([old.k_pe, k_pe], dim=1)
+        self.layers[layer_idx] = MLAState(latent, k_pe)
+        return latent, k_pe
+
+    def select(self, index: torch.Tensor) -> "KimiLinearCache":
+        """Keep (or repeat / reorder) the sequences at `index`, in place; returns self."""
+        for i, state in enumerate(self.layers):
+            if isinstance(state, KDAState):
+                self.layers[i] = KDAState(state.conv[index], state.recurrent[index])
+            elif isinstance(state, MLAState):
+                self.layers[i] = MLAState(state.latent[index], state.k_pe[index])
+        if self.valid is not None:
+            self.valid = self.valid[index]
+        return self
+
+    def reorder_cache(self, beam_idx):
+        self.select(beam_idx)
+
+    # --- memory --------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes held by every state tensor of the batch."""
+        tensors = []
+        for state in self.layers:
+            if isinstance(state, KDAState):
+                tensors += [state.conv, state.recurrent]
+            elif isinstance(state, MLAState):
+                tensors += [state.latent, state.k_pe]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def nbytes_per_sequence(self) -> int:
+        """Bytes of cache one sequence holds at the current length (the batch's average)."""
+        return self.nbytes() // max(self.batch_size, 1)
+
+
+def cache_bytes_per_sequence(config, context_len: int, dtype=torch.bfloat16) -> dict:
+    """Analytic cache size of one sequence of `context_len` tokens: KDA states, MLA latents, total.
+
+    Compare with `all_mla=True`-style configs to see the hybrid's saving.
+    """
+    elem = torch.empty((), dtype=dtype).element_size()
+    lac = config.linear_attn_config
+    H, D, W = lac["num_heads"], lac["head_dim"], lac["short_conv_kernel_size"]
+    kda_layer = 3 * H * D * (W - 1) * elem + H * D * D * 4
+    mla_layer = context_len * (config.kv_lora_rank + config.qk_rope_head_dim) * elem
+    n_kda = sum(config.is_kda_layer(i) for i in range(config.num_hidden_layers))
+    n_mla = config.num_hidden_layers - n_kda
+    return {"kda": n_kda * kda_layer, "mla": n_mla * mla_layer, "total": n_kda * kda_layer + n_mla * mla_layer}

@@ -1,0 +1,58 @@
+"""Multi-Head Latent Attention without positional encoding (Kimi Linear's full-attention layers)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import RMSNorm
+
+
+class KimiMLAAttention(nn.Module):
+    """Keys and values are expanded from a per-token latent c (kv_lora_rank) plus one k_pe shared by all
+    heads; only c and k_pe are cached. No rotary embedding: position comes from the KDA layers."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.nope_dim, self.rope_dim = config.qk_nope_head_dim, config.qk_rope_head_dim
+        self.v_head_dim, self.kv_lora_rank = config.v_head_dim, config.kv_lora_rank
+        self.scale = (self.nope_dim + self.rope_dim) ** -0.5
+        H = self.num_heads
+        self.q_proj = nn.Linear(config.hidden_size, H * (self.nope_dim + self.rope_dim), bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, self.kv_lora_rank + self.rope_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, eps=config.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, H * (self.nope_dim + self.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
+
+    def _mask(self, layout, T, L, device):
+        """Boolean [B or 1, 1, T, L] of allowed (query, key) pairs, or None for plain causal."""
+        if layout.cache is None and layout.valid is None and layout.seq_idx is None:
+            return None
+        q_pos = torch.arange(L - T, L, device=device)
+        allowed = q_pos[:, None] >= torch.arange(L, device=device)[None, :]   # [T, L] causal
+        allowed = allowed[None]
+        if layout.seq_idx is not None:              # packed: stay inside each sequence
+            allowed = allowed & (layout.seq_idx[:, :, None] == layout.seq_idx[:, None, :])
+        valid = layout.cache.valid if layout.cache is not None else layout.valid
+        if valid is not None:                       # padded: never attend to pads (pads see themselves)
+            is_self = q_pos[:, None] == torch.arange(L, device=device)[None, :]
+            allowed = allowed & (valid[:, None, :] | is_self[None])
+        return allowed[:, None]
+
+    def forward(self, x, layout):
+        B, T, _ = x.shape
+        H = self.num_heads
+        q = self.q_proj(x).view(B, T, H, self.nope_dim + self.rope_dim)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        latent = self.kv_a_layernorm(latent)
+        if layout.cache is not None:
+            latent, k_pe = layout.cache.update_mla(self.layer_idx, latent, k_pe)
+        L = latent.shape[1]
+        kv = self.kv_b_proj(latent).view(B, L, H, self.nope_dim + self.v_head_dim)
+        k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(B, L, H, self.rope_dim)], dim=-1)
+        mask = self._mask(layout, T, L, x.device)
+        # [B, T, H, D] -> [B, H, T, D]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask, is_causal=mask is None, scale=self.scale)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_head_dim))

@@ -1,0 +1,28 @@
+"""Random KDA inputs in realistic ranges, shared by the kernel tests."""
+import torch
+import torch.nn.functional as F
+
+
+def kda_inputs(B, T, H, K, V, dtype=torch.float64, device="cpu", num_states=None, seed=None,
+               normalized=True):
+    """q, k, v, g, beta, initial_state with unit-norm keys, decays exp(g) in (0, 1), beta in (0, 1)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(torch.randint(0, 2**31, ())) if seed is None else seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k = randn(B, T, H, K), randn(B, T, H, K)
+    if normalized:
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    v = randn(B, T, H, V)
+    g = -F.softplus(randn(B, T, H, K)) * 0.3
+    beta = torch.sigmoid(randn(B, T, H))
+    h0 = randn(num_states or B, H, K, V) * 0.5
+    cast = lambda x: x.to(device=device, dtype=dtype)
+    return cast(q), cast(k), cast(v), g.to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype), \
+        cast(beta), h0.to(device=device, dtype=torch.float32 if dtype != torch.float64 else dtype)
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
