@@ -54,14 +54,32 @@ class KimiLinearCache:
         return latent, k_pe
 
     def select(self, index: torch.Tensor) -> "KimiLinearCache":
-        """Keep (or repeat / reorder) the sequences at `index`, in place; returns self."""
+        """Keep (or repeat / reorder) the sequences at `index`, in place; returns self. Leading positions
+        that no kept sequence uses any more are dropped."""
+        valid = self.valid[index]
+        first = int(valid.any(0).float().argmax()) if valid.numel() else 0
         for i, state in enumerate(self.layers):
             if isinstance(state, KDAState):
                 self.layers[i] = KDAState(state.conv[index], state.recurrent[index])
             elif isinstance(state, MLAState):
-                self.layers[i] = MLAState(state.latent[index], state.k_pe[index])
-        if self.valid is not None:
-            self.valid = self.valid[index]
+                self.layers[i] = MLAState(state.latent[index, first:], state.k_pe[index, first:])
+        self.valid = valid[:, first:]
+        return self
+
+    def merge(self, other: "KimiLinearCache") -> "KimiLinearCache":
+        """Append the sequences of `other` to this batch, in place; shorter MLA histories are left-padded
+        with masked positions (attention in these layers ignores position, so padding changes nothing)."""
+        if self.valid is None:
+            self.layers, self.valid = list(other.layers), other.valid
+            return self
+        length = max(self.get_seq_length(), other.get_seq_length())
+        for i, (a, b) in enumerate(zip(self.layers, other.layers)):
+            if isinstance(a, KDAState):
+                self.layers[i] = KDAState(torch.cat([a.conv, b.conv]), torch.cat([a.recurrent, b.recurrent]))
+            elif isinstance(a, MLAState):
+                self.layers[i] = MLAState(torch.cat([_left_pad(a.latent, length), _left_pad(b.latent, length)]),
+                                          torch.cat([_left_pad(a.k_pe, length), _left_pad(b.k_pe, length)]))
+        self.valid = torch.cat([_left_pad(self.valid, length), _left_pad(other.valid, length)])
         return self
 
     def reorder_cache(self, beam_idx):
@@ -81,6 +99,12 @@ class KimiLinearCache:
     def nbytes_per_sequence(self) -> int:
         """Bytes of cache one sequence holds at the current length (the batch's average)."""
         return self.nbytes() // max(self.batch_size, 1)
+
+
+def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, L, ...] -> [B, length, ...] with zeros (False for masks) in front."""
+    pad = length - x.shape[1]
+    return x if pad == 0 else torch.cat([x.new_zeros(x.shape[0], pad, *x.shape[2:]), x], dim=1)
 
 
 def cache_bytes_per_sequence(config, context_len: int, dtype=torch.bfloat16) -> dict:
