@@ -38,8 +38,8 @@ def parity_config(moe: bool):
         eos_token_id=tok.eos_token_id, rms_norm_eps=1e-5)
 
 
-def save_checkpoint(moe: bool, path: Path):
-    torch.manual_seed(1234 + moe)
+def save_checkpoint(moe: bool, path: Path, seed: int = 1234):
+    torch.manual_seed(seed + moe)
     model = KimiLinearForCausalLM(parity_config(moe))
     with torch.no_grad():   # sharper logits and routing: choices far from ties, so bf16 noise can't flip them
         model.lm_head.weight.mul_(8)
@@ -113,10 +113,15 @@ def compare(moe: bool, workdir: Path):
         prompt_ids = tok(prompt).input_ids
         mine = our_greedy(ours[torch.bfloat16], prompt_ids)
         agree = next((i for i, (a, b) in enumerate(zip(mine, out["tokens"])) if a != b), NEW_TOKENS)
+        gap = None
+        if agree < NEW_TOKENS:     # how close to a tie was the first differing choice?
+            logp = recomputed_logprobs(ours[torch.float32], prompt_ids, mine[:agree + 1])[-1]
+            theirs = recomputed_logprobs(ours[torch.float32], prompt_ids, mine[:agree] + [out["tokens"][agree]])[-1]
+            gap = logp - theirs
         for dtype, model in ours.items():
             ref = recomputed_logprobs(model, prompt_ids, out["tokens"])
             diffs[dtype] += [abs(a - b) for a, b in zip(ref, out["logprobs"])]
-        rows.append((prompt, len(prompt_ids), agree))
+        rows.append((prompt, len(prompt_ids), agree, gap))
     return rows, diffs, vllm["seconds"]
 
 
@@ -129,7 +134,10 @@ def main():
     lines = [f"# vLLM parity: deltarl checkpoint served by vLLM {vllm.__version__}", "",
              f"Device: {device}; torch {torch.__version__}. Random-weight 4-layer hybrids (KDA, KDA, KDA, MLA),"
              f" hidden 1024, KDA 8x128, MLA 8 heads kv_lora_rank 512 rope 64; bf16; greedy, {NEW_TOKENS} new tokens.",
-             "", "| model | prompt tokens | greedy tokens equal (of 32) |", "|---|---:|---:|"]
+             "", "At a first difference, 'logprob gap' is log p(deltarl's token) - log p(vLLM's token) under the",
+             "float32 model: a gap below the bf16 logprob noise (table below) means the two sat on a near-tie.",
+             "", "| model | prompt tokens | greedy tokens equal (of 32) | logprob gap at first difference |",
+             "|---|---:|---:|---:|"]
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         for moe in (False, True):
@@ -139,7 +147,7 @@ def main():
             except Exception as error:     # keep the other model's figures
                 lines.append(f"| {name} | failed: {type(error).__name__}: {str(error)[-300:]!r} | |")
                 continue
-            lines += [f"| {name} | {n} | {agree} |" for _, n, agree in rows]
+            lines += [f"| {name} | {n} | {agree} | {'' if gap is None else f'{gap:.4f}'} |" for _, n, agree, gap in rows]
             for dtype, d in diffs.items():
                 t = torch.tensor(d)
                 summary.append(f"| {name} | {str(dtype).split('.')[-1]} | {t.mean():.4f} | {t.max():.4f} |")

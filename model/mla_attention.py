@@ -25,15 +25,17 @@ class KimiMLAAttention(nn.Module):
         self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
 
     def _mask(self, layout, T, L, device):
-        """Boolean [B or 1, 1, T, L] of allowed (query, key) pairs, or None for plain causal."""
-        if layout.cache is None and layout.valid is None and layout.seq_idx is None:
+        """Boolean [B or 1, 1, T, L] of allowed (query, key) pairs; None when plain causal (T == L) or
+        everything (one new token) is allowed, so SDPA never sees a mask it does not need."""
+        valid = layout.cache.valid if layout.cache is not None else layout.valid
+        unpadded = valid is None or bool(valid.all())
+        if layout.seq_idx is None and unpadded and (T == L or T == 1):
             return None
         q_pos = torch.arange(L - T, L, device=device)
         allowed = q_pos[:, None] >= torch.arange(L, device=device)[None, :]   # [T, L] causal
         allowed = allowed[None]
         if layout.seq_idx is not None:              # packed: stay inside each sequence
             allowed = allowed & (layout.seq_idx[:, :, None] == layout.seq_idx[:, None, :])
-        valid = layout.cache.valid if layout.cache is not None else layout.valid
         if valid is not None:                       # padded: never attend to pads (pads see themselves)
             is_self = q_pos[:, None] == torch.arange(L, device=device)[None, :]
             allowed = allowed & (valid[:, None, :] | is_self[None])
@@ -54,5 +56,5 @@ class KimiMLAAttention(nn.Module):
         mask = self._mask(layout, T, L, x.device)
         # [B, T, H, D] -> [B, H, T, D]
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, is_causal=mask is None, scale=self.scale)
+                                           attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_head_dim))

@@ -1,0 +1,136 @@
+"""Decode throughput and cache memory: hybrid Kimi Linear vs an all-MLA model of the same dimensions,
+served by vLLM and by deltarl's embedded engine (GPU machine). Our measurement of the paper's claims.
+
+Decode throughput of a cell (engine, model, batch B, context L) = B * D / (t(L prompt, D+1 new tokens)
+- t(L prompt, 1 new token)): the prefill cancels out. Cells that do not fit in memory, or come after the
+time budget, are reported as such. Writes benchmarks/results/rollout_<device>.md.
+
+    PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config  # noqa: E402
+
+DECODE_TOKENS = 64
+CELLS = [(64, 4096), (256, 4096), (64, 32768), (256, 32768), (64, 131072)]
+
+
+def bench_config(all_mla: bool):
+    """8 layers, hidden 1024: 6 KDA + 2 MLA (hybrid) or 8 MLA, MLA dims as the released model."""
+    return tiny_config(vocab_size=128, hidden_size=1024, num_layers=8, num_heads=8, kda_head_dim=128, mla_heads=8,
+                       kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                       intermediate_size=2816, kda_every=1 if all_mla else 4, eos_token_id=2, pad_token_id=0)
+
+
+def random_prompts(batch, length, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 100, (batch, length), generator=gen).tolist()
+
+
+def vllm_cells(path: str, cells, budget_s: float, result_file: str):
+    """Own process: vLLM holds the GPU until exit."""
+    from rollout import SamplingParams, VLLMEngine
+    engine = VLLMEngine(path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=131072 + 256,
+                        enforce_eager=False, enable_sleep_mode=False, max_num_seqs=256)
+    engine.generate(random_prompts(4, 256), SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
+    start, results = time.perf_counter(), {}
+    for batch, length in cells:
+        if time.perf_counter() - start > budget_s:
+            results[f"{batch}x{length}"] = "skipped (time budget)"
+            continue
+        prompts = random_prompts(batch, length)
+        times = []
+        for new in (1, DECODE_TOKENS + 1):
+            t0 = time.perf_counter()
+            engine.generate(prompts, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
+            times.append(time.perf_counter() - t0)
+        results[f"{batch}x{length}"] = batch * DECODE_TOKENS / max(times[1] - times[0], 1e-9)
+    Path(result_file).write_text(json.dumps(results))
+
+
+@torch.no_grad()
+def embedded_cell(model, batch, length):
+    from rollout import EmbeddedEngine, SamplingParams
+    engine = EmbeddedEngine(model, max_batch_size=batch)
+    prompts = random_prompts(batch, length)
+    times = []
+    for new in (1, DECODE_TOKENS + 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        engine.generate(prompts, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return batch * DECODE_TOKENS / max(times[1] - times[0], 1e-9)
+
+
+def fmt(value):
+    return f"{value:,.0f}" if isinstance(value, float) else value
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget-s", type=float, default=300, help="time budget per engine and model")
+    parser.add_argument("--embedded-cells", default="64x4096,256x4096,64x32768")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for all_mla in (False, True):
+            name = "all-MLA (8 MLA)" if all_mla else "hybrid (6 KDA + 2 MLA)"
+            torch.manual_seed(0)
+            model = KimiLinearForCausalLM(bench_config(all_mla)).to(torch.bfloat16)
+            path = Path(tmp) / ("mla" if all_mla else "hybrid")
+            model.save_pretrained(path)
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            result_file = Path(tmp) / f"{path.name}.json"
+            code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
+                    f"{str(result_file)!r})")
+            proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+            vllm = json.loads(result_file.read_text()) if result_file.exists() else \
+                {f"{b}x{l}": f"failed: {proc.stderr.strip().splitlines()[-1][:120]}" for b, l in CELLS}
+            model = model.cuda().eval()
+            start = time.perf_counter()
+            for batch, length in CELLS:
+                key = f"{batch}x{length}"
+                embedded = "not run"
+                if key in args.embedded_cells.split(","):
+                    if time.perf_counter() - start > args.budget_s:
+                        embedded = "skipped (time budget)"
+                    else:
+                        try:
+                            embedded = embedded_cell(model, batch, length)
+                        except torch.cuda.OutOfMemoryError:
+                            embedded = "out of memory"
+                        except Exception as error:    # report the cell, keep the table
+                            embedded = f"failed: {type(error).__name__}: {str(error)[:80]}"
+                        torch.cuda.empty_cache()
+                cache = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
+                rows.append(f"| {name}, {params:.0f}M | {batch} | {length:,} | {fmt(vllm[key])} | {fmt(embedded)} "
+                            f"| {cache:,.1f} MiB |")
+            del model
+            torch.cuda.empty_cache()
+    text = "\n".join([
+        f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
+        f"bf16, greedy, {DECODE_TOKENS} decoded tokens per sequence after a random prompt of the given context; "
+        "tokens/s of decoding only (prefill subtracted). Cache per sequence is the analytic size of the "
+        "KDA states + MLA latents at that context (`model.cache_bytes_per_sequence`).", "",
+        "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
+        "|---|---:|---:|---:|---:|---:|", *rows]) + "\n"
+    print(text)
+    slug = device.replace(" ", "_")
+    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""A rollout engine inside a Ray actor: the unit the trainer schedules on a placement group."""
+from .engines import make_engine
+
+
+class RolloutWorker:
+    """Holds one engine; Ray calls its methods remotely."""
+
+    def __init__(self, kind: str, model_path: str, **engine_kwargs):
+        self.engine = make_engine(kind, model_path, **engine_kwargs)
+
+    def generate(self, prompt_token_ids, params):
+        return self.engine.generate(prompt_token_ids, params)
+
+    def update_weights(self, named_tensors):
+        self.engine.update_weights(named_tensors)
+        return True
+
+    def sleep(self):
+        self.engine.sleep()
+
+    def wake_up(self):
+        self.engine.wake_up()
+
+
+def rollout_actor_class(num_cpus: float = 1, num_gpus: float = 0):
+    """`ray.remote(RolloutWorker)` with the given resources (Ray imported only here)."""
+    import ray
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(RolloutWorker)
