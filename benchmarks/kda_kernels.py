@@ -1,0 +1,153 @@
+"""Time chunkwise KDA: ours (Triton), fla's chunk_kda and the PyTorch chunk path, in one run.
+
+    python benchmarks/kda_kernels.py [--no-torch] [--shapes all|quick]
+
+bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
+warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
+step (256 sequences, H=32, K=V=128, state pool updated in place) against the time to read and write
+the state once at the measured copy bandwidth. Writes benchmarks/results/kda_kernels_<device>.md.
+
+FLOPs (per token and head, C = 64): the matrix products of the chunk algorithm,
+  forward  = 2*C*K (Akk) + 2*C*K (Aqk) + 2*C*K (w) + 2*C*V (u) + 2*C*V (Aqk v) + 6*K*V (w h,
+             k^T v_new, q h)  [lower-triangular C x C products counted in full]
+  backward = 2 x forward (the usual convention), so forward+backward = 3 x forward.
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from kernels.kda import chunk_kda_torch  # noqa: E402
+from kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
+from kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
+
+C = 64
+
+
+def flops_fwd(ntok, H, K, V):
+    return ntok * H * (6 * C * K + 4 * C * V + 6 * K * V)
+
+
+def make(B, T, H, K, V, lens=None, dev="cuda"):
+    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).bfloat16()
+    k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).bfloat16()
+    v = torch.randn(B, T, H, V, device=dev).bfloat16()
+    g = -F.softplus(torch.randn(B, T, H, K, device=dev) - 1) * 0.5
+    beta = torch.sigmoid(torch.randn(B, T, H, device=dev)).bfloat16()
+    cu = None
+    if lens is not None:
+        cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
+    return [q, k, v, g, beta], cu
+
+
+def get_fla():
+    try:
+        from fla.ops.kda import chunk_kda as fla_chunk_kda
+        return fla_chunk_kda
+    except Exception as e:  # not installed here
+        print(f"fla unavailable: {e!r}")
+        return None
+
+
+def bench(impl, xs, cu, backward, name):
+    leaves = [x.detach().clone().requires_grad_(backward) for x in xs]
+    do = torch.randn_like(xs[2])
+
+    def run():
+        o, _ = impl(*leaves, cu)
+        if backward:
+            o.backward(do)
+
+    try:
+        return triton.testing.do_bench(run, warmup=50, rep=200, grad_to_none=leaves if backward else None,
+                                       return_mode="median")
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("nan")
+    except Exception as e:
+        print(f"{name} failed: {e!r:.300}")
+        return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev_name = torch.cuda.get_device_name()
+    fla = get_fla()
+    impls = {"ours": lambda q, k, v, g, b, cu: chunk_kda_triton(q, k, v, g, b, cu_seqlens=cu)}
+    if fla is not None:
+        impls["fla"] = lambda q, k, v, g, b, cu: fla(q, k, v, g, b, cu_seqlens=cu.long() if cu is not None else None)
+    if not args.no_torch:
+        impls["torch"] = lambda q, k, v, g, b, cu: chunk_kda_torch(q, k, v, g, b, cu_seqlens=cu)
+
+    gen = torch.Generator().manual_seed(1)
+    packed = torch.randint(256, 769, (64,), generator=gen).tolist()
+    shapes = [((1, 4096, 32, 128, 128), None), ((1, 16384, 16, 128, 128), None), ((8, 2048, 16, 128, 128), None),
+              ((1, 65536, 8, 128, 128), None), ((1, sum(packed), 16, 128, 128), packed)]
+    rows = []
+    for (B, T, H, K, V), lens in shapes:
+        xs, cu = make(B, T, H, K, V, lens)
+        fl = flops_fwd(B * T, H, K, V)
+        res = {}
+        for name, impl in impls.items():
+            print(f"  {name} ...", flush=True)
+            if name == "torch" and B * T * H > 4096 * 32:
+                res[name] = (float("nan"), float("nan"))       # the PyTorch path: minutes and tens of GB here
+                continue
+            res[name] = (bench(impl, xs, cu, False, name), bench(impl, xs, cu, True, name))
+            torch.cuda.empty_cache()
+        desc = f"({B}, {T}, {H}, {K})" if lens is None else f"packed 64 seqs, {B * T} tok, H={H}"
+        rows.append((desc, fl, res))
+        line = f"{desc:32s} " + " ".join(f"{n}: fwd {r[0]:.3f} ms fwd+bwd {r[1]:.3f} ms" for n, r in res.items())
+        print(line, flush=True)
+
+    # decode step: 256 sequences, H=32, K=V=128, states in a pool updated in place
+    N, H, K, V = 256, 32, 128, 128
+    pool = torch.randn(N + 64, H, K, V, device="cuda")
+    idx = torch.randperm(N + 64, device="cuda")[:N].int()
+    xs, _ = make(1, N, H, K, V)
+    cu = torch.arange(N + 1, device="cuda", dtype=torch.int32)
+    t_dec = triton.testing.do_bench(lambda: fused_recurrent_kda_triton(*xs, initial_state=pool, cu_seqlens=cu,
+                                                                       ssm_state_indices=idx, inplace_final_state=True),
+                                    warmup=50, rep=200, return_mode="median")
+    big = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device="cuda")
+    big2 = torch.empty_like(big)
+    t_copy = triton.testing.do_bench(lambda: big2.copy_(big), warmup=50, rep=200, return_mode="median")
+    bw = 2 * big.numel() / (t_copy * 1e-3)                   # bytes read + written per second
+    state_bytes = N * H * K * V * 4
+    t_floor = 2 * state_bytes / bw * 1e3
+    del big, big2
+
+    lines = [f"# KDA kernels on {dev_name}", "",
+             "bf16 inputs, float32 gates and states, K = V = 128, chunk 64; `triton.testing.do_bench` median (ms).",
+             "TFLOP/s from the FLOP count in benchmarks/kda_kernels.py (fwd+bwd = 3 x fwd).", "",
+             "| shape (B, T, H, K=V) | " + " | ".join(f"{n} fwd ms" for n in impls) + " | "
+             + " | ".join(f"{n} fwd+bwd ms" for n in impls) + " | ours TFLOP/s fwd / fwd+bwd | ours/fla fwd | ours/fla fwd+bwd |",
+             "| --- " * (3 + 2 * len(impls)) + "|"]
+    for desc, fl, res in rows:
+        o = res["ours"]
+        f = res.get("fla", (float("nan"), float("nan")))
+        lines.append(f"| {desc} | " + " | ".join(f"{res[n][0]:.3f}" for n in impls) + " | "
+                     + " | ".join(f"{res[n][1]:.3f}" for n in impls)
+                     + f" | {fl / o[0] / 1e9:.1f} / {3 * fl / o[1] / 1e9:.1f} | {o[0] / f[0]:.2f} | {o[1] / f[1]:.2f} |")
+    lines += ["", f"Decode step, 256 sequences, H=32, K=V=128, fp32 state pool in place: {t_dec * 1e3:.1f} us; "
+              f"state {state_bytes / 2**20:.0f} MiB read + written at the measured copy bandwidth "
+              f"{bw / 1e12:.2f} TB/s = {t_floor * 1e3:.1f} us; ratio {t_dec / t_floor:.2f} (target <= 1.5)."]
+    text = "\n".join(lines)
+    print(text)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"kda_kernels_{dev_name.replace(' ', '_').replace('/', '_')}.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Tile helpers shared by the chunk kernels: 16-row loads and stores inside a 64-token chunk, and the
+exactly-decayed 16 x 16 blocks of the intra-chunk matrices.
+
+Rows are tokens of one chunk starting at absolute token t0 (packed token axis); `L` is the number of
+valid rows of the chunk (the last chunk of a sequence can be short). Tensors are token-major:
+element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) * D + d.
+
+Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
+overflow within a chunk when decays are strong. Off-diagonal 16 x 16 blocks (rows I > columns J)
+split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and exp(G_r - G_j) <= 1.
+Diagonal blocks are built column by column from exp(G_i - G_j) itself.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
+    """[16, BD] float32 tile: rows r0..r0+15 of the chunk, zero past L or past D."""
+    rows = r0 + tl.arange(0, 16)
+    o_d = tl.arange(0, BD)
+    m = (rows < L)[:, None] & (o_d < D)[None, :]
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    return tl.load(p, mask=m, other=0.).to(tl.float32)
+
+
+@triton.jit
+def st_rows(base, x, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
+    """Store a [16, BD] tile at rows r0..r0+15 of the chunk (rows past L and columns past D skipped)."""
+    rows = r0 + tl.arange(0, 16)
+    o_d = tl.arange(0, BD)
+    m = (rows < L)[:, None] & (o_d < D)[None, :]
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    tl.store(p, x.to(base.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def ld_row(base, t0, r, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
+    """[BD] float32: row r of the chunk, zero when r >= L."""
+    o_d = tl.arange(0, BD)
+    p = base + ((t0 + r) * H + i_h).to(tl.int64) * D + o_d
+    return tl.load(p, mask=(o_d < D) & (r < L), other=0.).to(tl.float32)
+
+
+@triton.jit
+def ld_cc(base, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
+    """[16, 16] block (rows rI.., columns rJ..) of a per-chunk [C, C] matrix stored token-major
+    as [NTOK, H, C]; rows past L read as zero."""
+    rows = rI + tl.arange(0, 16)
+    cols = rJ + tl.arange(0, 16)
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * C + cols[None, :]
+    return tl.load(p, mask=(rows < L)[:, None], other=0.).to(tl.float32)
+
+
+@triton.jit
+def st_cc(base, x, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
+    """Store a [16, 16] block of a per-chunk [C, C] matrix (see ld_cc)."""
+    rows = rI + tl.arange(0, 16)
+    cols = rJ + tl.arange(0, 16)
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * C + cols[None, :]
+    tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None])
+
+
+@triton.jit
+def offdiag_blocks(qs, ks, G, t0, rI, rJ, L, i_h,
+                   H, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Rows I > columns J of  Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i.
+
+    Returns two [16, 16] float32 blocks (no beta, no scale)."""
+    rows_i = rI + tl.arange(0, 16)
+    rows_j = rJ + tl.arange(0, 16)
+    # reference row r = first row of block I (clamped into the chunk)
+    Gr = ld_row(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, BK)               # [BK]
+    GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
+    GJ = ld_rows(G, t0, rJ, L, i_h, H, K, BK)
+    eI = tl.where((rows_i < L)[:, None], tl.exp(GI - Gr[None, :]), 0.)         # <= 1
+    eJ = tl.where((rows_j < L)[:, None], tl.exp(Gr[None, :] - GJ), 0.)         # <= 1
+    kI = ld_rows(ks, t0, rI, L, i_h, H, K, BK) * eI
+    qI = ld_rows(qs, t0, rI, L, i_h, H, K, BK) * eI
+    kJ = ld_rows(ks, t0, rJ, L, i_h, H, K, BK) * eJ
+    kJt = tl.trans(kJ)
+    return tl.dot(kI, kJt, input_precision=PREC), tl.dot(qI, kJt, input_precision=PREC)
+
+
+@triton.jit
+def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BK: tl.constexpr):
+    """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
+    one column at a time. Returns two [16, 16] float32 blocks."""
+    r = tl.arange(0, 16)
+    rows = rI + r
+    GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
+    kI = ld_rows(ks, t0, rI, L, i_h, H, K, BK)
+    qI = ld_rows(qs, t0, rI, L, i_h, H, K, BK)
+    Akk = tl.zeros([16, 16], dtype=tl.float32)
+    Aqk = tl.zeros([16, 16], dtype=tl.float32)
+    for j in range(16):
+        kj = ld_row(ks, t0, rI + j, L, i_h, H, K, BK)
+        Gj = ld_row(G, t0, rI + j, L, i_h, H, K, BK)
+        e = tl.where(((r >= j) & (rows < L))[:, None], tl.exp(GI - Gj[None, :]), 0.)
+        kje = kj[None, :] * e
+        ckk = tl.sum(kI * kje, axis=1)
+        cqk = tl.sum(qI * kje, axis=1)
+        Akk = tl.where(r[None, :] == j, ckk[:, None], Akk)
+        Aqk = tl.where(r[None, :] == j, cqk[:, None], Aqk)
+    Akk = tl.where(r[:, None] > r[None, :], Akk, 0.)
+    return Akk, Aqk
+
+
+@triton.jit
+def inv_unit_lower16(A):
+    """(I + A)^-1 for a strictly lower-triangular [16, 16] A, by forward substitution:
+    row i of X is e_i - sum_{j<i} A[i, j] X[j]."""
+    r = tl.arange(0, 16)
+    X = tl.where(r[:, None] == r[None, :], 1., 0.)
+    for i in range(1, 16):
+        a = tl.sum(tl.where(r[:, None] == i, A, 0.), axis=0)                  # row i of A
+        new = tl.sum(a[:, None] * X, axis=0)                                    # a @ X
+        X = tl.where(r[:, None] == i, tl.where(r == i, 1., 0.)[None, :] - new[None, :], X)
+    return X

@@ -1,0 +1,350 @@
+"""Chunkwise KDA backward in Triton: three kernels, reading what the forward saved.
+
+Per chunk (one head), with h the state entering the chunk, dh the gradient of the state leaving it,
+T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp(G_last - G):
+
+    forward:   v_new = T Y - (T X) h,  o = qg h + Aqk v_new,  S_next = exp(G_last) h + kg^T v_new
+
+1. `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks:
+       dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
+   stores dh per chunk, dv_new, and the initial-state gradient.
+2. `_bwd_inter_kernel` (chunk, head), looping over V: everything that contracts over V:
+       dqg = do h^T, d(TX) = -dv_new h^T, dkg = v_new dh^T, dAqk = do v_new^T,
+       dY = T^T dv_new (-> dv, dbeta), dX = T^T d(TX) (-> dk, dbeta, dG),
+       dT = dv_new Y^T + d(TX) X^T,  dAkk = -T^T dT T^T (strictly lower),
+   and the decay terms of qg, kg and exp(G_last). Writes dAkk, dP = scale * dAqk and partial
+   dq, dk, dbeta, dG.
+3. `_bwd_intra_kernel` (chunk, head), in 16-row blocks with the same exact decays as the forward:
+   the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk and dP,
+   then the reverse cumulative sum dG -> dg inside the chunk, and optionally the gate
+   (-exp(A_log) softplus(x + dt_bias)) and q/k L2-norm backwards.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .triton_blocks import ld_cc, ld_row, ld_rows, st_rows
+from .triton_chunk_fwd import _ld_chunk, _st_chunk
+from .triton_utils import CHUNK, next_pow2
+
+
+@triton.jit
+def _bwd_state_kernel(
+    q, k, w, G, Aqk, do,              # [NTOK,H,K] x3 (+G f32), Aqk [NTOK,H,64], do [NTOK,H,V]
+    dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V]; dht, dh0 [N,H,K,V]
+    cu_seqlens, chunk_offsets,
+    scale,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    n_chunks = tl.cdiv(eos - bos, 64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, 64)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    rows = tl.arange(0, 64)
+
+    dS = tl.zeros([BK, BV], dtype=tl.float32)                    # gradient of the state leaving the chunk
+    if HAS_DHT:
+        dS += tl.load(dht + (i_n * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
+    for j in range(0, n_chunks):
+        i = n_chunks - 1 - j
+        t0 = bos + i * 64
+        L = tl.minimum(eos - t0, 64).to(tl.int32)
+        tl.store(dh + ((c0 + i) * H + i_h) * K * V + p_kv, dS.to(dh.dtype.element_ty), mask=m_kv)
+        m_r = (rows < L)[:, None]
+        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+        G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
+        b_kg = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k) * tl.where(m_r, tl.exp(G_last[None, :] - b_G), 0.)
+        b_qg = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k) * tl.where(m_r, tl.exp(b_G), 0.) * scale
+        b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                # [64, 64]
+        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                      # [64, BV]
+        b_w = _ld_chunk(w, t0, L, i_h, H, K, o_k, m_k)                        # [64, BK]
+        b_dvn = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_kg, dS, input_precision=PREC)
+        _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
+        dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
+              - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + p_kv, dS, mask=m_kv)
+
+
+@triton.jit
+def _bwd_inter_kernel(
+    q, k, v, beta, G, Tm, h, v_new, do, dh, dv_new,
+    dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,   # outputs: dv [NTOK,H,V]; dA, dP [NTOK,H,64]; partials f32
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    o_k = tl.arange(0, BK)
+    o_c = tl.arange(0, 64)
+    rows = tl.arange(0, 64)
+    m_k = o_k < K
+    m_r = rows < L
+
+    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
+    b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
+    dqg = tl.zeros([64, BK], dtype=tl.float32)
+    dwy = tl.zeros([64, BK], dtype=tl.float32)                                  # d(T X)
+    dkg = tl.zeros([64, BK], dtype=tl.float32)
+    dAqk = tl.zeros([64, 64], dtype=tl.float32)
+    dT = tl.zeros([64, 64], dtype=tl.float32)
+    dGl = tl.zeros([BK], dtype=tl.float32)
+    dbeta = tl.zeros([64], dtype=tl.float32)
+    p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
+    p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+        b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+        b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
+        b_v = _ld_chunk(v, t0, L, i_h, H, V, o_v, m_v)
+        dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+        dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+        dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        dGl += tl.sum(b_h * b_dh, axis=1)
+        dT += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        dY = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)               # d(beta v) [64, BV]
+        _st_chunk(dv, dY * b_beta[:, None], t0, L, i_h, H, V, o_v, m_v)
+        dbeta += tl.sum(dY * b_v, axis=1)
+
+    b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
+    b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
+    b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+    e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
+    # w = T X, X = beta k exp(G)
+    X = b_k * e * b_beta[:, None]
+    dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
+    dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
+    b_dk = dX * e * b_beta[:, None]
+    dbeta += tl.sum(dX * b_k * e, axis=1)
+    b_dG = dX * X
+    # qg = scale q exp(G)
+    b_dq = dqg * e * scale
+    b_dG += dqg * b_q * e * scale
+    # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
+    G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
+    eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
+    b_dk += dkg * eg
+    b_dG -= dkg * b_k * eg
+    dG_last = dGl * tl.exp(G_last) + tl.sum(dkg * b_k * eg, axis=0)
+    b_dG += tl.where((rows == L - 1)[:, None], dG_last[None, :], 0.)
+    # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
+    b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
+    b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
+    b_dP = tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.)
+    _st_chunk(dA, b_dA, t0, L, i_h, H, 64, o_c, o_c < 64)
+    _st_chunk(dP, b_dP, t0, L, i_h, H, 64, o_c, o_c < 64)
+    _st_chunk(dq_p, b_dq, t0, L, i_h, H, K, o_k, m_k)
+    _st_chunk(dk_p, b_dk, t0, L, i_h, H, K, o_k, m_k)
+    _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
+    tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
+
+
+@triton.jit
+def _bwd_intra_kernel(
+    q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
+    q_raw, k_raw, A_log, dt_bias,
+    dq, dk, dg, dbeta, dbias_p, dAlog_p,      # dbias_p [NC, H, K], dAlog_p [NC, H] (gate only)
+    cu_seqlens, chunk_seq, chunk_pos,
+    H, K: tl.constexpr, BK: tl.constexpr,
+    USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    r16 = tl.arange(0, 16)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    if USE_GATE:
+        a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
+        bias = tl.zeros([BK], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        dbias_acc = tl.zeros([BK], dtype=tl.float32)
+        dAlog_acc = tl.zeros([BK], dtype=tl.float32)
+
+    carry = tl.zeros([BK], dtype=tl.float32)            # sum of dG over the rows after this block
+    for I in tl.static_range(3, -1, -1):
+        rI = I * 16
+        rows = rI + r16
+        m_r = rows < L
+        m = m_r[:, None] & m_k[None, :]
+        qI = ld_rows(q, t0, rI, L, i_h, H, K, BK)
+        kI = ld_rows(k, t0, rI, L, i_h, H, K, BK)
+        GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
+        bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
+
+        # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
+        b_dq = tl.zeros([16, BK], dtype=tl.float32)
+        b_R = tl.zeros([16, BK], dtype=tl.float32)
+        if I > 0:
+            Gr = ld_row(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, BK)
+            for J in tl.static_range(I):
+                rJ = J * 16
+                mJ = (rJ + r16) < L
+                kJe = ld_rows(k, t0, rJ, L, i_h, H, K, BK) * tl.where(
+                    mJ[:, None], tl.exp(Gr[None, :] - ld_rows(G, t0, rJ, L, i_h, H, K, BK)), 0.)
+                b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+                b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+            eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
+            b_dq *= eI
+            b_R *= eI
+        p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
+        for j in range(16):
+            kj = ld_row(k, t0, rI + j, L, i_h, H, K, BK)
+            Gj = ld_row(G, t0, rI + j, L, i_h, H, K, BK)
+            e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
+            cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
+            cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
+            kje = kj[None, :] * e
+            b_dq += cP[:, None] * kje
+            b_R += cA[:, None] * kje
+
+        # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
+        b_dkc = tl.zeros([16, BK], dtype=tl.float32)
+        for Ip in tl.static_range(I + 1, 4):
+            rP = Ip * 16
+            mP = (rP + r16) < L
+            Grp = ld_row(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, BK)
+            eP = tl.where(mP[:, None], tl.exp(ld_rows(G, t0, rP, L, i_h, H, K, BK) - Grp[None, :]), 0.)
+            bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
+            kPe = ld_rows(k, t0, rP, L, i_h, H, K, BK) * eP * bP[:, None]           # dM = beta_i dA
+            qPe = ld_rows(q, t0, rP, L, i_h, H, K, BK) * eP
+            acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
+                   + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
+            b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
+        for i in range(16):
+            ri = rI + i
+            ki = ld_row(k, t0, ri, L, i_h, H, K, BK)
+            qi = ld_row(q, t0, ri, L, i_h, H, K, BK)
+            Gi = ld_row(G, t0, ri, L, i_h, H, K, BK)
+            e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
+            p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
+            rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
+            bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
+            rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
+            b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
+
+        # combine with the partials of the inter kernel
+        b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows(dG_p, t0, rI, L, i_h, H, K, BK))
+        b_dq += ld_rows(dq_p, t0, rI, L, i_h, H, K, BK)
+        b_dk = bI[:, None] * b_R + b_dkc + ld_rows(dk_p, t0, rI, L, i_h, H, K, BK)
+        b_db = tl.sum(kI * b_R, axis=1) + tl.load(dbeta_p + (t0 + rows) * H + i_h, mask=m_r, other=0.)
+        tl.store(dbeta + (t0 + rows) * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_r)
+
+        # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
+        tot = tl.sum(b_dG, axis=0)
+        b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
+        carry += tot
+        if USE_GATE:
+            x = ld_rows(g, t0, rI, L, i_h, H, K, BK) + bias[None, :]
+            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+            z = tl.exp(-tl.abs(x))
+            sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
+            b_dx = tl.where(m, b_dg * a * sig, 0.)
+            dbias_acc += tl.sum(b_dx, axis=0)
+            dAlog_acc += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
+            st_rows(dg, b_dx, t0, rI, L, i_h, H, K, BK)
+        else:
+            st_rows(dg, b_dg, t0, rI, L, i_h, H, K, BK)
+
+        if USE_L2NORM:
+            # y = x * rsqrt(|x|^2 + eps):  dx = rsqrt(.) * (dy - y (y . dy))
+            xq = ld_rows(q_raw, t0, rI, L, i_h, H, K, BK)
+            rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)
+            yq = xq * rq[:, None]
+            b_dq = rq[:, None] * (b_dq - yq * tl.sum(yq * b_dq, axis=1)[:, None])
+            xk = ld_rows(k_raw, t0, rI, L, i_h, H, K, BK)
+            rk = tl.rsqrt(tl.sum(xk * xk, axis=1) + 1e-6)
+            yk = xk * rk[:, None]
+            b_dk = rk[:, None] * (b_dk - yk * tl.sum(yk * b_dk, axis=1)[:, None])
+        st_rows(dq, b_dq, t0, rI, L, i_h, H, K, BK)
+        st_rows(dk, b_dk, t0, rI, L, i_h, H, K, BK)
+
+    if USE_GATE:
+        tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
+        tl.store(dAlog_p + i_c.to(tl.int64) * H + i_h, tl.sum(dAlog_acc, axis=0))
+
+
+def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, table, saved,
+                  use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, A_log=None, dt_bias=None):
+    """Backward on the packed token axis. Returns (dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias);
+    dg is the gradient of the raw gate input when the gate is computed in the kernel."""
+    _, NTOK, H, K = q.shape
+    V = v.shape[-1]
+    N = cu_seqlens.numel() - 1
+    chunk_seq, chunk_pos, chunk_offsets, NC = table
+    BK, BV_full = next_pow2(K), next_pow2(V)
+    BV = min(BV_full, 64)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dummy = torch.empty(1, **f32)
+    G, qn, kn, w, Aqk, Tm, h, v_new = (saved[x] for x in ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new"))
+    do = do.contiguous()
+
+    dh = torch.empty(NC, H, K, V, **f32)
+    dv_new = torch.empty(1, NTOK, H, V, **f32)
+    # one compiled variant: a missing dht is read as zeros, dh0 always computed
+    dh0 = torch.empty(N, H, K, V, **f32)
+    dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
+    _bwd_state_kernel[(triton.cdiv(V, BV), N * H)](
+        qn, kn, w, G, Aqk, do, dh, dv_new, dht, dh0,
+        cu_seqlens, chunk_offsets, scale,
+        H=H, K=K, V=V, BK=BK, BV=BV, HAS_DHT=True, STORE_DH0=True,
+        PREC=prec, num_warps=4, num_stages=1,
+    )
+    dh0 = dh0 if initial_state is not None else None
+
+    dv = torch.empty_like(v)
+    dA = torch.empty(1, NTOK, H, CHUNK, **f32)
+    dP = torch.empty(1, NTOK, H, CHUNK, **f32)
+    dq_p = torch.empty(1, NTOK, H, K, **f32)
+    dk_p = torch.empty(1, NTOK, H, K, **f32)
+    dG_p = torch.empty(1, NTOK, H, K, **f32)
+    dbeta_p = torch.empty(1, NTOK, H, **f32)
+    _bwd_inter_kernel[(NC, H)](
+        qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
+        dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
+        cu_seqlens, chunk_seq, chunk_pos, scale,
+        H=H, K=K, V=V, BK=BK, BV=BV, PREC=prec, num_warps=8, num_stages=1,
+    )
+
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dg = torch.empty_like(g)
+    dbeta = torch.empty_like(beta)
+    dbias_p = torch.empty(NC, H, K, **f32) if use_gate_in_kernel else dummy
+    dAlog_p = torch.empty(NC, H, **f32) if use_gate_in_kernel else dummy
+    _bwd_intra_kernel[(NC, H)](
+        qn, kn, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
+        q, k, A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        dq, dk, dg, dbeta, dbias_p, dAlog_p,
+        cu_seqlens, chunk_seq, chunk_pos,
+        H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
+        HAS_DT_BIAS=dt_bias is not None, PREC=prec, num_warps=4,
+    )
+    dA_log = ddt_bias = None
+    if use_gate_in_kernel:
+        dA_log = dAlog_p.sum(0).reshape(A_log.shape).to(A_log.dtype)
+        if dt_bias is not None:
+            ddt_bias = dbias_p.sum(0).reshape(dt_bias.shape).to(dt_bias.dtype)
+    return dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias

@@ -1,0 +1,307 @@
+"""Chunkwise KDA forward in Triton: three kernels (the math is in chunk_torch.py's docstring).
+
+1. `_fwd_intra_kernel`, one program per (chunk, head), everything that needs no state:
+   the gate (optionally -exp(A_log) * softplus(x + dt_bias)) and its chunk-local cumulative sum G,
+   optional L2 norm of q/k, the intra-chunk matrices Akk (strictly lower, times beta) and Aqk
+   (lower, times scale) in 16 x 16 blocks with exact decays, T = (I + Akk)^-1 by blockwise forward
+   substitution, and the WY factors w = T (beta k exp(G)), u = T (beta v).
+2. `_fwd_state_kernel`, one program per (sequence, head, V-block): the sequential pass over the
+   sequence's chunks; stores the state h entering each chunk and the corrected values
+   v_new = u - w h.  S_next = exp(G_last) * S + (k exp(G_last - G))^T v_new.
+3. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = (scale q exp(G)) h + Aqk v_new.
+
+All tensors are on a packed token axis (a dense batch is B sequences of T tokens).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_rows, offdiag_blocks, st_cc,
+                            st_rows)
+from .triton_utils import CHUNK, next_pow2
+
+
+@triton.jit
+def _fwd_intra_kernel(
+    q, k, v, g, beta,                 # inputs, token-major [NTOK, H, K|V], beta [NTOK, H]
+    qn, kn,                           # [NTOK, H, K] L2-normalised q, k (written when USE_L2NORM)
+    G, w, u, Aqk, Tm,                 # out: G [NTOK,H,K] f32; w [NTOK,H,K]; u [NTOK,H,V]; Aqk, T [NTOK,H,64] f32
+    A_log, dt_bias,
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0).to(tl.int32)
+    L = tl.minimum(L, 64)
+    r16 = tl.arange(0, 16)
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+
+    # ---- 1. gate, cumulative decay G and optional L2 norm, 16 rows at a time
+    if USE_GATE:
+        a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
+        bias = tl.zeros([BK], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    carry = tl.zeros([BK], dtype=tl.float32)
+    for I in tl.static_range(4):
+        b_g = ld_rows(g, t0, I * 16, L, i_h, H, K, BK)
+        if USE_GATE:
+            x = b_g + bias[None, :]
+            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+            m = ((I * 16 + r16) < L)[:, None] & m_k[None, :]
+            b_g = tl.where(m, a * sp, 0.)
+        b_G = tl.cumsum(b_g, axis=0) + carry[None, :]
+        carry += tl.sum(b_g, axis=0)
+        st_rows(G, b_G, t0, I * 16, L, i_h, H, K, BK)
+        if USE_L2NORM:
+            b_q = ld_rows(q, t0, I * 16, L, i_h, H, K, BK)
+            b_k = ld_rows(k, t0, I * 16, L, i_h, H, K, BK)
+            b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, axis=1) + 1e-6)[:, None]
+            b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
+            st_rows(qn, b_q, t0, I * 16, L, i_h, H, K, BK)
+            st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
+    # the blocks below read G (and qn, kn) rows written by other threads of this program
+    tl.debug_barrier()
+    if USE_L2NORM:
+        qs = qn
+        ks = kn
+    else:
+        qs = q
+        ks = k
+
+    # ---- 2. Akk (beta-scaled, strictly lower) and Aqk (scaled, lower) in 16 x 16 blocks
+    A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BK)
+    A11, P11 = diag_blocks(qs, ks, G, t0, 16, L, i_h, H, K, BK)
+    A22, P22 = diag_blocks(qs, ks, G, t0, 32, L, i_h, H, K, BK)
+    A33, P33 = diag_blocks(qs, ks, G, t0, 48, L, i_h, H, K, BK)
+    A10, P10 = offdiag_blocks(qs, ks, G, t0, 16, 0, L, i_h, H, K, BK, PREC)
+    A20, P20 = offdiag_blocks(qs, ks, G, t0, 32, 0, L, i_h, H, K, BK, PREC)
+    A21, P21 = offdiag_blocks(qs, ks, G, t0, 32, 16, L, i_h, H, K, BK, PREC)
+    A30, P30 = offdiag_blocks(qs, ks, G, t0, 48, 0, L, i_h, H, K, BK, PREC)
+    A31, P31 = offdiag_blocks(qs, ks, G, t0, 48, 16, L, i_h, H, K, BK, PREC)
+    A32, P32 = offdiag_blocks(qs, ks, G, t0, 48, 32, L, i_h, H, K, BK, PREC)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    st_cc(Aqk, P00 * scale, t0, 0, 0, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 0, 16, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 0, 32, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 0, 48, L, i_h, H, 64)
+    st_cc(Aqk, P10 * scale, t0, 16, 0, L, i_h, H, 64)
+    st_cc(Aqk, P11 * scale, t0, 16, 16, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 16, 32, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 16, 48, L, i_h, H, 64)
+    st_cc(Aqk, P20 * scale, t0, 32, 0, L, i_h, H, 64)
+    st_cc(Aqk, P21 * scale, t0, 32, 16, L, i_h, H, 64)
+    st_cc(Aqk, P22 * scale, t0, 32, 32, L, i_h, H, 64)
+    st_cc(Aqk, zero, t0, 32, 48, L, i_h, H, 64)
+    st_cc(Aqk, P30 * scale, t0, 48, 0, L, i_h, H, 64)
+    st_cc(Aqk, P31 * scale, t0, 48, 16, L, i_h, H, 64)
+    st_cc(Aqk, P32 * scale, t0, 48, 32, L, i_h, H, 64)
+    st_cc(Aqk, P33 * scale, t0, 48, 48, L, i_h, H, 64)
+
+    b0 = tl.load(beta + (t0 + r16) * H + i_h, mask=r16 < L, other=0.).to(tl.float32)
+    b1 = tl.load(beta + (t0 + 16 + r16) * H + i_h, mask=16 + r16 < L, other=0.).to(tl.float32)
+    b2 = tl.load(beta + (t0 + 32 + r16) * H + i_h, mask=32 + r16 < L, other=0.).to(tl.float32)
+    b3 = tl.load(beta + (t0 + 48 + r16) * H + i_h, mask=48 + r16 < L, other=0.).to(tl.float32)
+    A00, A11, A22, A33 = A00 * b0[:, None], A11 * b1[:, None], A22 * b2[:, None], A33 * b3[:, None]
+    A10, A20, A21 = A10 * b1[:, None], A20 * b2[:, None], A21 * b2[:, None]
+    A30, A31, A32 = A30 * b3[:, None], A31 * b3[:, None], A32 * b3[:, None]
+
+    # ---- 3. T = (I + A)^-1: diagonal blocks by substitution, then block forward substitution
+    T00 = inv_unit_lower16(A00)
+    T11 = inv_unit_lower16(A11)
+    T22 = inv_unit_lower16(A22)
+    T33 = inv_unit_lower16(A33)
+    T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
+    T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
+    T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
+    T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PREC) + tl.dot(A21, T10, input_precision=PREC),
+                  input_precision=PREC)
+    T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PREC) + tl.dot(A32, T21, input_precision=PREC),
+                  input_precision=PREC)
+    T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
+                  + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+    st_cc(Tm, T00, t0, 0, 0, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 0, 16, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 0, 32, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 0, 48, L, i_h, H, 64)
+    st_cc(Tm, T10, t0, 16, 0, L, i_h, H, 64)
+    st_cc(Tm, T11, t0, 16, 16, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 16, 32, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 16, 48, L, i_h, H, 64)
+    st_cc(Tm, T20, t0, 32, 0, L, i_h, H, 64)
+    st_cc(Tm, T21, t0, 32, 16, L, i_h, H, 64)
+    st_cc(Tm, T22, t0, 32, 32, L, i_h, H, 64)
+    st_cc(Tm, zero, t0, 32, 48, L, i_h, H, 64)
+    st_cc(Tm, T30, t0, 48, 0, L, i_h, H, 64)
+    st_cc(Tm, T31, t0, 48, 16, L, i_h, H, 64)
+    st_cc(Tm, T32, t0, 48, 32, L, i_h, H, 64)
+    st_cc(Tm, T33, t0, 48, 48, L, i_h, H, 64)
+
+    # ---- 4. w = T (beta k exp(G)) [64, K], u = T (beta v) [64, V], one 16-row block at a time
+    X0 = ld_rows(ks, t0, 0, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 0, L, i_h, H, K, BK)) * b0[:, None]
+    X1 = ld_rows(ks, t0, 16, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 16, L, i_h, H, K, BK)) * b1[:, None]
+    X2 = ld_rows(ks, t0, 32, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 32, L, i_h, H, K, BK)) * b2[:, None]
+    X3 = ld_rows(ks, t0, 48, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 48, L, i_h, H, K, BK)) * b3[:, None]
+    st_rows(w, tl.dot(T00, X0, input_precision=PREC), t0, 0, L, i_h, H, K, BK)
+    st_rows(w, tl.dot(T10, X0, input_precision=PREC) + tl.dot(T11, X1, input_precision=PREC),
+            t0, 16, L, i_h, H, K, BK)
+    st_rows(w, tl.dot(T20, X0, input_precision=PREC) + tl.dot(T21, X1, input_precision=PREC)
+            + tl.dot(T22, X2, input_precision=PREC), t0, 32, L, i_h, H, K, BK)
+    st_rows(w, tl.dot(T30, X0, input_precision=PREC) + tl.dot(T31, X1, input_precision=PREC)
+            + tl.dot(T32, X2, input_precision=PREC) + tl.dot(T33, X3, input_precision=PREC),
+            t0, 48, L, i_h, H, K, BK)
+    Y0 = ld_rows(v, t0, 0, L, i_h, H, V, BV) * b0[:, None]
+    Y1 = ld_rows(v, t0, 16, L, i_h, H, V, BV) * b1[:, None]
+    Y2 = ld_rows(v, t0, 32, L, i_h, H, V, BV) * b2[:, None]
+    Y3 = ld_rows(v, t0, 48, L, i_h, H, V, BV) * b3[:, None]
+    st_rows(u, tl.dot(T00, Y0, input_precision=PREC), t0, 0, L, i_h, H, V, BV)
+    st_rows(u, tl.dot(T10, Y0, input_precision=PREC) + tl.dot(T11, Y1, input_precision=PREC),
+            t0, 16, L, i_h, H, V, BV)
+    st_rows(u, tl.dot(T20, Y0, input_precision=PREC) + tl.dot(T21, Y1, input_precision=PREC)
+            + tl.dot(T22, Y2, input_precision=PREC), t0, 32, L, i_h, H, V, BV)
+    st_rows(u, tl.dot(T30, Y0, input_precision=PREC) + tl.dot(T31, Y1, input_precision=PREC)
+            + tl.dot(T32, Y2, input_precision=PREC) + tl.dot(T33, Y3, input_precision=PREC),
+            t0, 48, L, i_h, H, V, BV)
+
+
+@triton.jit
+def _ld_chunk(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
+    """[64, len(o_d)] float32 tile of the chunk's rows, columns o_d (mask m_d), zero past L."""
+    rows = tl.arange(0, 64)
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    return tl.load(p, mask=(rows < L)[:, None] & m_d[None, :], other=0.).to(tl.float32)
+
+
+@triton.jit
+def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
+    rows = tl.arange(0, 64)
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _fwd_state_kernel(
+    k, w, u, G,                       # [NTOK, H, K], [NTOK, H, K], [NTOK, H, V], [NTOK, H, K] f32
+    h, v_new, h0, ht,                 # h [NC, H, K, V]; v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
+    cu_seqlens, chunk_offsets,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    n_chunks = tl.cdiv(eos - bos, 64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+
+    S = tl.zeros([BK, BV], dtype=tl.float32)                                   # state entering the chunk
+    if HAS_H0:
+        S += tl.load(h0 + (i_n * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
+    for i in range(0, n_chunks):
+        t0 = bos + i * 64
+        L = tl.minimum(eos - t0, 64).to(tl.int32)
+        tl.store(h + ((c0 + i) * H + i_h) * K * V + p_kv, S.to(h.dtype.element_ty), mask=m_kv)
+        b_w = _ld_chunk(w, t0, L, i_h, H, K, o_k, m_k)                          # [64, BK]
+        b_u = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
+        b_vn = b_u - tl.dot(b_w, S, input_precision=PREC)                       # [64, BV]
+        _st_chunk(v_new, b_vn, t0, L, i_h, H, V, o_v, m_v)
+        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+        G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)                         # [BK]
+        rows = tl.arange(0, 64)
+        b_kg = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k) * tl.where(
+            (rows < L)[:, None], tl.exp(G_last[None, :] - b_G), 0.)            # [64, BK]
+        S = S * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + (i_n * H + i_h) * K * V + p_kv, S, mask=m_kv)
+
+
+@triton.jit
+def _fwd_output_kernel(
+    q, G, h, v_new, Aqk, o,           # q, G [NTOK,H,K]; h [NC,H,K,V]; v_new, o [NTOK,H,V]; Aqk [NTOK,H,64]
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_c = tl.arange(0, 64)
+    m_k, m_v = o_k < K, o_v < V
+    rows = tl.arange(0, 64)
+
+    b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+    b_qg = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k) * tl.where((rows < L)[:, None], tl.exp(b_G), 0.) * scale
+    b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_k[:, None] & m_v[None, :], other=0.).to(tl.float32)
+    b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)
+    b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+    b_o = tl.dot(b_qg, b_h, input_precision=PREC) + tl.dot(b_A, b_vn, input_precision=PREC)
+    _st_chunk(o, b_o, t0, L, i_h, H, V, o_v, m_v)
+
+
+def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, table,
+                  use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, A_log=None, dt_bias=None):
+    """Forward on a packed token axis. q, k, g: [1, NTOK, H, K]; v: [1, NTOK, H, V]; beta [1, NTOK, H].
+
+    `table` = triton_utils.chunk_table(cu_seqlens). Returns (o, final_state, saved) where saved
+    holds what the backward needs (G, qn, kn, w, Aqk, T, h, v_new)."""
+    _, NTOK, H, K = q.shape
+    V = v.shape[-1]
+    N = cu_seqlens.numel() - 1
+    chunk_seq, chunk_pos, chunk_offsets, NC = table
+    BK, BV_full = next_pow2(K), next_pow2(V)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dummy = torch.empty(1, **f32)
+
+    G = torch.empty(1, NTOK, H, K, **f32)
+    qn = torch.empty_like(q) if use_qk_l2norm_in_kernel else q
+    kn = torch.empty_like(k) if use_qk_l2norm_in_kernel else k
+    w = torch.empty(1, NTOK, H, K, **f32)
+    u = torch.empty(1, NTOK, H, V, **f32)
+    Aqk = torch.empty(1, NTOK, H, CHUNK, **f32)
+    Tm = torch.empty(1, NTOK, H, CHUNK, **f32)
+    _fwd_intra_kernel[(NC, H)](
+        q, k, v, g, beta, qn, kn, G, w, u, Aqk, Tm,
+        A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        cu_seqlens, chunk_seq, chunk_pos, scale,
+        H=H, K=K, V=V, BK=BK, BV=BV_full,
+        USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
+        HAS_DT_BIAS=dt_bias is not None, PREC=prec, num_warps=4,
+    )
+
+    BV = min(BV_full, 64)
+    h = torch.empty(NC, H, K, V, **f32)
+    v_new = torch.empty(1, NTOK, H, V, **f32)
+    # one compiled variant: a missing initial state is read as zeros, the final state always stored
+    h0 = initial_state if initial_state is not None else torch.zeros(N, H, K, V, **f32)
+    ht = torch.empty(N, H, K, V, **f32)
+    _fwd_state_kernel[(triton.cdiv(V, BV), N * H)](
+        kn, w, u, G, h, v_new, h0, ht,
+        cu_seqlens, chunk_offsets,
+        H=H, K=K, V=V, BK=BK, BV=BV,
+        HAS_H0=True, STORE_HT=True, PREC=prec, num_warps=4, num_stages=1,
+    )
+    ht = ht if output_final_state else None
+
+    o = torch.empty_like(v)
+    _fwd_output_kernel[(triton.cdiv(V, BV), NC, H)](
+        qn, G, h, v_new, Aqk, o, cu_seqlens, chunk_seq, chunk_pos, scale,
+        H=H, K=K, V=V, BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=1,
+    )
+    saved = dict(G=G, qn=qn, kn=kn, w=w, Aqk=Aqk, T=Tm, h=h, v_new=v_new)
+    return o, ht, saved

@@ -1,0 +1,64 @@
+"""Small helpers shared by the Triton KDA kernels: the chunk table for packed batches and an
+interpreter fix.
+
+Every Triton path flattens [B, T, ...] to a packed token axis and treats a dense batch as B
+sequences of T tokens (cu_seqlens = 0, T, 2T, ...), so one set of kernels serves both layouts.
+"""
+import os
+
+import torch
+import triton
+
+CHUNK = 64
+
+
+def _fix_interpreter_index():
+    """Triton 3.6's interpreter turns a scalar into a Python int with int(array), which numpy >= 2.4
+    refuses for the 1-element arrays it uses for scalars (so `for t in range(bos, eos)` with loaded
+    bounds fails). Read the element with .item() instead. Only applied under TRITON_INTERPRET=1."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_deltarl_index_fixed", False):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._deltarl_index_fixed = True
+
+
+_fix_interpreter_index()
+
+
+def default_cu_seqlens(B, T, device):
+    """A dense [B, T] batch as packed sequences: [0, T, 2T, ..., BT] int32."""
+    return torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
+
+
+def chunk_table(cu_seqlens, chunk_size=CHUNK):
+    """For packed sequences, the global list of chunks.
+
+    Returns (chunk_seq [NC] int32: the sequence of each chunk, chunk_pos [NC] int32: its index
+    inside the sequence, chunk_offsets [N] int32: the global index of each sequence's first chunk,
+    NC). One host sync (NC sizes the grids)."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    n_chunks = (lens + chunk_size - 1) // chunk_size                         # [N]
+    chunk_offsets = torch.cumsum(n_chunks, 0) - n_chunks
+    NC = int(n_chunks.sum())
+    chunk_seq = torch.repeat_interleave(torch.arange(lens.numel(), device=lens.device), n_chunks)
+    chunk_pos = torch.arange(NC, device=lens.device) - chunk_offsets[chunk_seq]
+    return chunk_seq.int(), chunk_pos.int(), chunk_offsets.int(), NC
+
+
+def dot_precision(dtype):
+    """fp32 inputs get full-precision dots (the 1e-4 contract); half inputs use tf32."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def next_pow2(x):
+    return triton.next_power_of_2(x)
