@@ -1,0 +1,275 @@
+"""rl.monitor: metrics.jsonl, TensorBoard, optional W&B/MLflow, plots and the console progress line."""
+import io
+import json
+import math
+import random
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from rl.config import LogConfig, load_config
+from rl.monitor import (METRICS_FILE, TENSORBOARD_DIR, Monitor, MonitorWarning, format_postfix,
+                        plot_run, progress, read_metrics, smooth)
+
+NO_TB = {"tensorboard": False}
+
+
+def synthetic_run(run_dir, steps=40, eval_every=10, log_cfg=NO_TB):
+    """A run whose reward climbs, entropy falls, and responses grow: what the trainer would log."""
+    rng = random.Random(0)
+    with Monitor(run_dir, log_cfg, "synthetic") as mon:
+        for step in range(1, steps + 1):
+            acc = min(1.0, step / steps + rng.gauss(0, 0.1))
+            metrics = {"reward/mean": acc + 0.1, "reward/std": 0.2, "reward/accuracy/mean": acc,
+                       "reward/format/mean": 0.1, "actor/entropy": 2.0 - step / steps + rng.random() * 0.1,
+                       "response/length_mean": 20 + step, "response/length_max": 64,
+                       "time/step_s": 1.5}
+            if step % eval_every == 0:
+                metrics["eval/accuracy"] = step / steps
+            mon.log(step, metrics)
+
+
+# --- metrics.jsonl ------------------------------------------------------------------------------
+
+def test_jsonl_written_and_read(tmp_path):
+    with Monitor(tmp_path, NO_TB, "t") as mon:
+        mon.log(1, {"reward/mean": 0.5, "actor/entropy": np.float32(1.25), "response/length_mean": 7})
+        mon.log(2, {"reward/mean": float("nan"), "actor/entropy": None})
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["reward/mean"] is None      # strict JSON
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["reward/mean"] == 0.5 and records[0]["actor/entropy"] == 1.25
+    assert "actor/entropy" not in records[1] and "wall_time" in records[1]
+
+
+def test_monitor_accepts_the_config_dataclass_and_torch_scalars(tmp_path):
+    import torch
+    cfg = load_config(None, ["run.log.tensorboard=false"])
+    assert isinstance(cfg.run.log, LogConfig)
+    with Monitor(tmp_path, cfg.run.log, cfg.run.name) as mon:
+        mon.log(3, {"actor/loss": torch.tensor(0.25)})
+    assert read_metrics(tmp_path)[0]["actor/loss"] == 0.25
+
+
+def test_non_numbers_are_skipped_with_one_warning(tmp_path):
+    with Monitor(tmp_path, NO_TB) as mon:
+        with pytest.warns(MonitorWarning, match="'sample/text' is not a number"):
+            mon.log(1, {"sample/text": "hello", "reward/mean": 1.0})
+        mon.log(2, {"sample/text": "again", "reward/mean": 1.0})      # no second warning
+    assert [r["reward/mean"] for r in read_metrics(tmp_path)] == [1.0, 1.0]
+
+
+def test_read_metrics_survives_a_truncated_last_line(tmp_path, recwarn):
+    synthetic_run(tmp_path, steps=5)
+    with open(tmp_path / METRICS_FILE, "a") as f:
+        f.write('{"step": 6, "reward/me')                  # the run was killed mid-write
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert not [w for w in recwarn if issubclass(w.category, MonitorWarning)]
+
+
+def test_read_metrics_warns_on_a_bad_line_before_the_end(tmp_path):
+    (tmp_path / METRICS_FILE).write_text('{"step": 1, "a": 1}\nnot json\n{"step": 2, "a": 2}\n')
+    with pytest.warns(MonitorWarning, match=":2: not a metrics record"):
+        assert [r["a"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_records_of_one_step_merge_later_winning(tmp_path):
+    with Monitor(tmp_path, NO_TB) as mon:
+        mon.log(1, {"reward/mean": 0.1})
+        mon.log(2, {"reward/mean": 0.2})
+        mon.log(2, {"eval/accuracy": 0.5})          # eval logged apart, same step
+    with Monitor(tmp_path, NO_TB) as mon:           # resumed from step 1: step 2 again
+        mon.log(2, {"reward/mean": 0.3})
+    records = read_metrics(tmp_path)
+    assert records[-1]["step"] == 2 and records[-1]["reward/mean"] == 0.3
+    assert records[-1]["eval/accuracy"] == 0.5
+    assert len(read_metrics(tmp_path, raw=True)) == 4
+    assert read_metrics(tmp_path / METRICS_FILE) == records
+
+
+def test_read_metrics_of_a_run_without_jsonl(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run.log.jsonl=false"):
+        read_metrics(tmp_path)
+
+
+# --- TensorBoard --------------------------------------------------------------------------------
+
+def tb_scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_event_file_is_written_and_readable(tmp_path):
+    with Monitor(tmp_path, None, "tb") as mon:      # None: the defaults, JSONL and TensorBoard on
+        for step in (1, 2, 3):
+            mon.log(step, {"reward/mean": step / 10, "perf/rollout_tokens_per_s": 100.0 * step})
+    assert list((tmp_path / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    steps, values = zip(*tb_scalars(tmp_path, "reward/mean"))
+    assert steps == (1, 2, 3) and values == pytest.approx([0.1, 0.2, 0.3])     # float32 in the file
+    assert tb_scalars(tmp_path, "perf/rollout_tokens_per_s")[-1] == (3, 300.0)
+
+
+def test_tensorboard_purge_step_hides_what_a_resumed_run_redoes(tmp_path):
+    with Monitor(tmp_path) as mon:
+        for step in (1, 2, 3, 4):
+            mon.log(step, {"reward/mean": 1.0})
+    with Monitor(tmp_path, purge_step=3) as mon:    # resumed from the checkpoint of step 2
+        mon.log(3, {"reward/mean": 5.0})
+    assert tb_scalars(tmp_path, "reward/mean") == [(1, 1.0), (2, 1.0), (3, 5.0)]
+
+
+# --- W&B and MLflow -----------------------------------------------------------------------------
+
+def test_wandb_and_mlflow_enabled_but_missing_warn_and_continue(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)     # import wandb raises ImportError
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.warns(MonitorWarning) as caught:
+        mon = Monitor(tmp_path, {"wandb": True, "mlflow": True, "tensorboard": False}, "x", {"a": 1})
+    text = " | ".join(str(w.message) for w in caught)
+    assert "run.log.wandb is on but wandb is not installed (pip install wandb)" in text
+    assert "run.log.mlflow is on but mlflow is not installed (pip install mlflow)" in text
+    assert sorted(mon.sinks) == ["jsonl"]
+    mon.log(1, {"reward/mean": 0.5})
+    mon.close()
+    assert read_metrics(tmp_path)[0]["reward/mean"] == 0.5
+
+
+def fake_wandb(calls, fail_on_log=False):
+    """A stand-in for the wandb package that records what the Monitor asks of it."""
+    class Run:
+        def log(self, data, step):
+            if fail_on_log:
+                raise ConnectionError("network down")
+            calls.append(("log", step, dict(data)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return Run()
+    return types.SimpleNamespace(init=init, util=types.SimpleNamespace(generate_id=lambda: "abc123"))
+
+
+def test_wandb_receives_metrics_and_keeps_its_id_for_resume(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(calls))
+    with Monitor(tmp_path, {"wandb": True, "tensorboard": False, "project": "p"}, "run1", {"x": 1}) as mon:
+        mon.log(7, {"reward/mean": 0.5})
+    init = calls[0][1]
+    assert init["project"] == "p" and init["name"] == "run1" and init["config"] == {"x": 1}
+    assert init["id"] == "abc123" and (tmp_path / "wandb_id").read_text() == "abc123"
+    assert ("log", 7, {"reward/mean": 0.5}) in calls and calls[-1] == ("finish",)
+
+
+def test_mlflow_receives_params_and_finite_metrics(tmp_path, monkeypatch):
+    calls = []
+    run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+    fake = types.SimpleNamespace(
+        set_experiment=lambda name: calls.append(("experiment", name)),
+        start_run=lambda **kw: calls.append(("start", kw)) or run,
+        log_params=lambda params: calls.append(("params", params)),
+        log_metrics=lambda metrics, step: calls.append(("metrics", step, metrics)),
+        end_run=lambda: calls.append(("end",)))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    with Monitor(tmp_path, {"mlflow": True, "tensorboard": False}, "run1", {"rollout": {"n": 8}}) as mon:
+        mon.log(2, {"reward/mean": 0.5, "actor/kl": float("nan")})
+    assert ("experiment", "deltarl") in calls and ("start", {"run_name": "run1"}) in calls
+    assert ("params", {"rollout.n": "8"}) in calls
+    assert ("metrics", 2, {"reward/mean": 0.5}) in calls and calls[-1] == ("end",)
+    assert (tmp_path / "mlflow_run_id").read_text() == "r1"
+
+
+def test_a_sink_that_fails_is_dropped_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb([], fail_on_log=True))
+    with Monitor(tmp_path, {"wandb": True, "tensorboard": False}) as mon:
+        with pytest.warns(MonitorWarning, match="run.log.wandb: logging failed"):
+            mon.log(1, {"reward/mean": 0.1})
+        mon.log(2, {"reward/mean": 0.2})
+        assert "wandb" not in mon.sinks
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_of_a_synthetic_run(tmp_path):
+    synthetic_run(tmp_path)
+    paths = plot_run(tmp_path)
+    assert [p.name for p in paths] == ["reward.png", "entropy.png", "length.png", "eval.png", "curves.png"]
+    for p in paths:
+        assert p.parent == tmp_path / "plots" and p.stat().st_size > 5000
+        assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_missing_metrics_skip_their_panel(tmp_path):
+    with Monitor(tmp_path, NO_TB) as mon:
+        for step in range(1, 6):
+            mon.log(step, {"actor/entropy": 1.0 / step, "time/step_s": 1.0})
+    paths = plot_run(tmp_path, out_dir=tmp_path / "figs", smoothing=0.5)
+    assert [p.name for p in paths] == ["entropy.png", "curves.png"]
+    assert all(p.parent == tmp_path / "figs" for p in paths)
+
+
+def test_a_run_with_nothing_to_plot_gives_no_files(tmp_path):
+    with Monitor(tmp_path, NO_TB) as mon:
+        mon.log(1, {"time/step_s": 1.0})
+    assert plot_run(tmp_path) == [] and not (tmp_path / "plots").exists()
+
+
+def test_smoothing_is_debiased_and_follows_a_constant():
+    assert smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert smooth([0.0, 1.0], 0.0) == [0.0, 1.0]
+    assert not any(math.isnan(v) for v in smooth([1.0, 5.0, 3.0], 0.8))
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+STEP = {"reward/mean": 0.4123, "reward/accuracy/mean": 0.38, "actor/entropy": 1.23,
+        "response/length_mean": 37.2, "time/step_s": 1.74}
+
+
+def test_postfix_is_compact():
+    assert format_postfix(STEP) == "reward=0.412 acc=0.380 ent=1.230 len=37 t=1.7s"
+    assert format_postfix({"reward/total": 1}) == "reward=1.000"
+    assert format_postfix({}) == ""
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal():
+    out = io.StringIO()
+    bar = progress(3, True, file=out)
+    bar.update(STEP)
+    bar.write("eval: accuracy 0.5")
+    bar.update({})
+    bar.close()
+    assert out.getvalue().splitlines() == [
+        "step 1/3 reward=0.412 acc=0.380 ent=1.230 len=37 t=1.7s", "eval: accuracy 0.5", "step 2/3"]
+
+
+def test_progress_draws_a_tqdm_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    bar = progress(10, True, file=out, initial=4)     # a resumed run
+    bar.update(STEP)
+    bar.close()
+    text = out.getvalue()
+    assert "5/10" in text and "reward=0.412" in text and "t=1.7s" in text
+
+
+def test_progress_disabled_is_silent():
+    out = io.StringIO()
+    bar = progress(3, False, file=out)
+    bar.update(STEP)
+    bar.write("x")
+    bar.close()
+    assert out.getvalue() == ""
