@@ -104,8 +104,7 @@ def compare(moe: bool, workdir: Path):
         raise RuntimeError(f"vLLM worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     vllm = json.loads(result_file.read_text())
 
-    from transformers import AutoModelForCausalLM
-    ours = {dtype: AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().eval()
+    ours = {dtype: KimiLinearForCausalLM.from_pretrained(path, dtype=dtype).cuda().eval()
             for dtype in (torch.bfloat16, torch.float32)}
     tok = char_tokenizer()
     rows, diffs = [], {torch.bfloat16: [], torch.float32: []}

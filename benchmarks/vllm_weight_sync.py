@@ -29,8 +29,8 @@ from rollout import SamplingParams, VLLMEngine  # noqa: E402
 def sharpened_model(seed):
     save_dir = Path(tempfile.mkdtemp()) / "b"
     save_checkpoint(False, save_dir, seed=seed)
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(save_dir, dtype=torch.bfloat16).cuda().eval()
+    # the class itself, not AutoModel: importing vLLM re-registers "kimi_linear" with AutoConfig
+    return KimiLinearForCausalLM.from_pretrained(save_dir, dtype=torch.bfloat16).cuda().eval()
 
 
 @torch.no_grad()

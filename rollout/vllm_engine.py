@@ -51,9 +51,10 @@ class VLLMEngine:
 
     def update_weights(self, named_tensors):
         """Load new values for the named tensors into every vLLM worker, in place."""
-        named = [(name, t.detach().to("cpu", torch.float32 if t.dtype == torch.float64 else t.dtype))
-                 for name, t in named_tensors]
-        self.llm.collective_rpc("load_named_tensors", args=(named,))
+        from safetensors.torch import save
+        # one safetensors blob: bytes cross vLLM's RPC serialisation unchanged, tensors might not
+        blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
+        self.llm.collective_rpc("load_safetensors_blob", args=(blob,))
 
     def sleep(self):
         """Free the GPU for the learner: weights offloaded to host memory, KV cache dropped."""

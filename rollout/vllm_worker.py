@@ -3,14 +3,15 @@ import torch
 
 
 class WeightSyncExtension:
-    """Mixed into vLLM's GPU worker; `collective_rpc("load_named_tensors", ...)` calls it on every worker."""
+    """Mixed into vLLM's GPU worker; `collective_rpc("load_safetensors_blob", ...)` runs it on every worker."""
 
-    def load_named_tensors(self, named_tensors):
-        """Feed (name, tensor) pairs in checkpoint naming through the model's own `load_weights`, which
-        knows vLLM's fused layouts (gate_up_proj, stacked experts, conv weights)."""
+    def load_safetensors_blob(self, blob: bytes):
+        """Feed the (name, tensor) pairs of a safetensors blob, in checkpoint naming, through the model's
+        own `load_weights`, which knows vLLM's fused layouts (gate_up_proj, stacked experts, conv)."""
+        from safetensors.torch import load
         model = self.model_runner.get_model()      # unwrapped from any CUDA-graph / compile wrapper
         device = next(model.parameters()).device
-        weights = [(name, tensor.to(device)) for name, tensor in named_tensors]
+        weights = [(name, tensor.to(device)) for name, tensor in load(blob).items()]
         model.load_weights(weights=weights)
         torch.cuda.synchronize()
         return len(weights)
