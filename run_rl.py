@@ -1,19 +1,41 @@
-"""deltarl entry point.
+"""deltarl: RL post-training of hybrid linear-attention models.
 
-Until the RL loop lands (issue 6), this runs the model demo: a small hybrid Kimi Linear built, saved as a
-transformers checkpoint, reloaded, decoded with its recurrent cache, and its cache saving tabulated.
+    python run_rl.py --config configs/tiny_cpu.yaml [key.sub=value ...]   # train (or resume=RUN_DIR)
+    python run_rl.py plot RUN_DIR                                       # PNG curves of a run
+    python run_rl.py demo                                               # the model demo
+
+Without RAY_ADDRESS a local Ray is started; with it (or under `ray job submit`) the job joins the cluster.
 """
 import argparse
 import sys
 
-from model.demo import main as model_demo
-
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        from rl.monitor import plot_run
+        for path in plot_run(argv[1]):
+            print(path)
+        return 0
+    if argv[:1] == ["demo"]:
+        from model.demo import main as model_demo
+        return model_demo(*argv[1:2])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/demo_model.yaml", help="YAML file of the demo")
+    parser.add_argument("--config", default="configs/tiny_cpu.yaml", help="YAML run configuration")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.n=4 run.steps=10")
     args = parser.parse_args(argv)
-    return model_demo(args.config)
+    overrides = [o if "=" not in o or not o.startswith("resume=") else "run." + o for o in args.overrides]
+
+    from rl.config import ConfigError, load_config
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    from rl.trainer import train
+    run_dir = train(cfg)
+    print(f"run directory: {run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ class EmbeddedEngine:
     def update_weights(self, named_tensors):
         """Copy new values into the model's parameters and buffers, by name, without rebuilding anything."""
         own = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        pairs = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
         with torch.no_grad():
-            for name, tensor in named_tensors:
+            for name, tensor in pairs:
                 if name not in own:
                     raise KeyError(f"update_weights: the model has no tensor named {name!r}")
                 own[name].copy_(tensor.to(own[name].device, own[name].dtype))

@@ -53,7 +53,8 @@ class VLLMEngine:
         """Load new values for the named tensors into every vLLM worker, in place."""
         from safetensors.torch import save
         # one safetensors blob: bytes cross vLLM's RPC serialisation unchanged, tensors might not
-        blob = save({name: t.detach().to("cpu").contiguous() for name, t in named_tensors})
+        pairs = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
+        blob = save({name: t.detach().to("cpu").contiguous() for name, t in pairs})
         self.llm.collective_rpc("load_safetensors_blob", args=(blob,))
 
     def sleep(self):

@@ -1,0 +1,184 @@
+"""The learner: the policy being trained, its optimizer and the policy-gradient step.
+
+Sequences are packed into one row per micro-batch (`cu_seqlens`), so the chunkwise KDA kernels and the
+MLA layers see no padding. The optimizer is a DeepSpeed engine (ZeRO stage from the config) where
+DeepSpeed runs, or torch's AdamW with the same step otherwise: `backend` says which.
+"""
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from rl.algorithms import aggregation_units, entropy_from_logits, kl_loss, masked_mean, policy_loss
+
+from .samples import RolloutBatch, micro_batches, pad_right
+
+
+def response_logprobs(model, prompt_ids, response_ids, temperature, with_entropy=False):
+    """Pack (prompt + response) sequences into one row; return per-response-token logprobs [B, T]
+    (and entropies) of log_softmax(logits / temperature), the rollout engine's sampling distribution."""
+    device = next(model.parameters()).device
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
+    ids = torch.tensor([t for s in seqs for t in s], device=device)[None]
+    lengths = torch.tensor([len(s) for s in seqs])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(device=device, dtype=torch.int32)
+    logits = model(ids, cu_seqlens=cu).logits[0].float() / temperature          # [total, V]
+    logp_rows, ent_rows = [], []
+    for start, p, r in zip(cu[:-1].tolist(), prompt_ids, response_ids):
+        # response token j sits at start + len(p) + j and is predicted at the position before it
+        rows = logits[start + len(p) - 1: start + len(p) - 1 + len(r)]
+        targets = torch.tensor(r, device=device)
+        logp_rows.append(rows.log_softmax(-1).gather(1, targets[:, None])[:, 0])
+        if with_entropy:
+            ent_rows.append(entropy_from_logits(rows))
+    return _pad(logp_rows), (_pad(ent_rows) if with_entropy else None)
+
+
+def _pad(rows):
+    width = max(1, max(len(r) for r in rows))
+    return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+
+
+class Learner:
+    """Holds the policy (and a frozen reference when KL is on); `train_step` is one policy update."""
+
+    def __init__(self, model_path: str, cfg_learner, cfg_algorithm, temperature: float, total_steps: int,
+                 gradient_checkpointing: bool = False, threads: int | None = None):
+        from transformers import AutoModelForCausalLM
+
+        import model as _register_kimi_linear  # noqa: F401
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).train()
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.reference = None
+        if cfg_algorithm.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval().requires_grad_(False)
+        self.total_steps = total_steps
+        self.backend = self._make_optimizer()
+
+    # --- optimizer ------------------------------------------------------------------------------
+    def _lr_lambda(self, step):
+        warmup = self.cfg.warmup_steps
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    def _make_optimizer(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                                           weight_decay=self.cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.engine = None
+        if self.cfg.backend == "deepspeed":
+            self.engine = _deepspeed_engine(self.model, self.optimizer, self.scheduler, self.cfg)
+        return "deepspeed" if self.engine is not None else "torch"
+
+    # --- the step ---------------------------------------------------------------------------------
+    def train_step(self, batch: RolloutBatch) -> dict:
+        """One on-policy update: old logprobs are the current policy's (ratio starts at 1); the rollout
+        engine's logprobs feed truncated importance sampling."""
+        self.model.train()
+        algo = self.algo
+        index_groups = micro_batches(batch, self.cfg.micro_batch_tokens)
+        total_units = aggregation_units(batch.mask, algo.loss_aggregation)
+        stats_sum, weight_sum = {}, 0.0
+        for index in index_groups:
+            micro = batch.subset(index)
+            logp, entropy = response_logprobs(self.model, micro.prompt_ids, micro.response_ids, self.temperature,
+                                              with_entropy=True)
+            T = logp.shape[1]
+            mask, adv = micro.mask[:, :T].to(logp.device), micro.advantages[:, :T].to(logp.device)
+            rollout_lp = micro.rollout_logprobs[:, :T].to(logp.device)
+            loss, stats = policy_loss(logp, logp.detach(), adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+                                      aggregation=algo.loss_aggregation, max_len=T,
+                                      rollout_logprobs=rollout_lp, tis_cap=algo.tis_cap)
+            stats["entropy"] = masked_mean(entropy.detach(), mask)
+            if algo.entropy_coef:
+                loss = loss - algo.entropy_coef * masked_mean(entropy, mask)
+            if self.reference is not None and algo.kl_mode == "loss":
+                with torch.no_grad():
+                    ref, _ = response_logprobs(self.reference, micro.prompt_ids, micro.response_ids, self.temperature)
+                kl = kl_loss(logp, ref, mask, estimator=algo.kl_estimator, aggregation=algo.loss_aggregation, max_len=T)
+                loss = loss + algo.kl_coef * kl
+                stats["kl"] = kl.detach()
+            share = float(aggregation_units(micro.mask, algo.loss_aggregation) / total_units)
+            self._backward(loss * share)
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * share
+            weight_sum += share
+        grad_norm = self._step()
+        metrics = {f"actor/{k}": v / max(weight_sum, 1e-12) for k, v in stats_sum.items()}
+        metrics.update({"actor/grad_norm": grad_norm, "actor/lr": self.scheduler.get_last_lr()[0],
+                        "actor/micro_batches": float(len(index_groups))})
+        return metrics
+
+    def _backward(self, loss):
+        if self.engine is not None:
+            self.engine.backward(loss)
+        else:
+            loss.backward()
+
+    def _step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.engine is not None:
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
+        clip = self.cfg.grad_clip if self.cfg.grad_clip else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """Reference-policy logprobs [B, T] (for KL as a reward penalty), or None when KL is off."""
+        if self.reference is None:
+            return None
+        logp, _ = response_logprobs(self.reference, batch.prompt_ids, batch.response_ids, self.temperature)
+        return logp.cpu()
+
+    # --- weights and checkpoints ------------------------------------------------------------------
+    def named_weights(self) -> dict:
+        """The policy's tensors under checkpoint names, on the CPU, for the rollout engines."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def save(self, folder: str):
+        """Policy as a transformers checkpoint (vLLM loads it) plus the optimizer and scheduler state."""
+        folder = Path(folder)
+        self.model.save_pretrained(folder / "policy")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   folder / "optimizer.pt")
+
+    def load(self, folder: str):
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        state = load_file(folder / "policy" / "model.safetensors")
+        self.model.load_state_dict(state, strict=False)
+        saved = torch.load(folder / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+
+
+def _deepspeed_engine(model, optimizer, scheduler, cfg):
+    """A DeepSpeed engine around the model and our optimizer (on the CPU DeepSpeed uses its CPU
+    accelerator and gloo), or None where DeepSpeed is not installed: the torch path then takes the
+    same steps."""
+    try:
+        import deepspeed
+    except ImportError:
+        return None
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                 "gradient_clipping": cfg.grad_clip or 0.0, "zero_optimization": {"stage": cfg.zero_stage},
+                 "bf16": {"enabled": bool(cfg.bf16)}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine

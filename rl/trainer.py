@@ -1,0 +1,306 @@
+"""The RL loop: rollout -> rewards -> advantages -> learner step -> weight sync, with logs and checkpoints.
+
+The rollout engine and the learner are Ray actors in one placement group (colocated) or two (split);
+this driver holds only the prompts, the rewards and the bookkeeping.
+"""
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from rewards import RewardSpec, compute_rewards
+from rl.algorithms import compute_advantages, dynamic_sampling_filter, kl_penalty, overlong_shaping
+from rl.config import RunConfig, config_to_dict, save_config
+from rl.data import load_prompt_dataset, make_task
+from rl.evaluate import accuracy_from_scores, evaluate
+from rl.monitor import Monitor, plot_run, progress
+from rollout import SamplingParams
+
+from . import checkpoint as ckpt
+from .samples import batch_from_completions
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT: the loop finishes its step, checkpoints and exits."""
+    requested = False
+
+    @classmethod
+    def install(cls):
+        def handler(signum, frame):
+            cls.requested = True
+        signal.signal(signal.SIGTERM, handler)
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    if cfg.run.resume:
+        return Path(cfg.run.resume)
+    run_dir = Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def initial_policy(cfg: RunConfig, run_dir: Path, tokenizer) -> str:
+    """A checkpoint folder to start from: the configured one, or a fresh small model saved in the run."""
+    if cfg.model.path:
+        return cfg.model.path
+    from model import KimiLinearForCausalLM, tiny_config
+    torch.manual_seed(cfg.run.seed)
+    config = tiny_config(vocab_size=-(-len(tokenizer) // 64) * 64, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **cfg.model.init)
+    folder = run_dir / "init"
+    KimiLinearForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def load_rows(cfg: RunConfig, tokenizer):
+    """(train rows, eval rows): a built-in task, or a local dataset with a held-out split."""
+    d = cfg.data
+    if d.task:
+        train = make_task(d.task, d.train_size, seed=cfg.run.seed, difficulty=d.difficulty, **d.task_options)
+        held_out = make_task(d.task, d.eval_size, seed=cfg.run.seed + 10_000, difficulty=d.difficulty,
+                             **d.task_options)
+        return train, held_out
+    kwargs = dict(columns=d.columns, tokenizer=tokenizer if d.apply_chat_template else None,
+                  system_prompt=d.system_prompt)
+    rows, report = load_prompt_dataset(d.path, **kwargs)
+    print(report)
+    if d.eval_path:
+        return rows, load_prompt_dataset(d.eval_path, **kwargs)[0][: d.eval_size]
+    return rows[d.eval_size:], rows[: d.eval_size]
+
+
+class PromptStream:
+    """Deterministic prompt order: a seeded shuffle per epoch, addressed by a position that the
+    checkpoint records."""
+
+    def __init__(self, rows, seed: int, shuffle: bool, position: int = 0):
+        self.rows, self.seed, self.shuffle, self.position = rows, seed, shuffle, position
+
+    def _order(self, epoch):
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        for p in range(self.position, self.position + n):
+            epoch, i = divmod(p, len(self.rows))
+            out.append(self.rows[self._order(epoch)[i]])
+        self.position += n
+        return out
+
+
+def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int):
+    """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from rl.learner import Learner
+    from rollout import rollout_actor_class
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else cfg.ray.num_cpus,
+                 num_gpus=None if address else cfg.ray.num_gpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    gpus = 1 if torch.cuda.is_available() or (cfg.ray.num_gpus or 0) > 0 else 0
+    if cfg.ray.placement == "colocated":   # one bundle, the two actors share it (and its GPU)
+        bundles, where, share = [{"CPU": 2, **({"GPU": gpus} if gpus else {})}], (0, 0), 0.5
+    else:                                    # one bundle each
+        bundles, where, share = [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * 2, (0, 1), 1.0
+    group = placement_group(bundles, strategy="PACK")
+    ray.get(group.ready())
+    strategy = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+    rollout_kwargs = dict(tokenizer_path=tokenizer_path, max_batch_size=cfg.rollout.max_batch_size)
+    if cfg.rollout.engine == "vllm":
+        rollout_kwargs.update(dtype="bfloat16", gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                              enforce_eager=cfg.rollout.enforce_eager)
+    else:
+        rollout_kwargs.update(dtype=cfg.model.dtype)
+    rollout = rollout_actor_class(num_cpus=1, num_gpus=gpus * share).options(
+        scheduling_strategy=strategy(where[0])).remote(cfg.rollout.engine, policy_path, **rollout_kwargs)
+    learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
+        scheduling_strategy=strategy(where[1])).remote(
+        policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
+        cfg.model.gradient_checkpointing, 1 if not gpus else None)
+    return rollout, learner
+
+
+def score(cfg, tokenizer, rows, completions, specs):
+    """Decode responses, run the reward functions; returns (texts, RewardBatch)."""
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+    batch = compute_rewards([rows[c.prompt_index]["prompt"] for c in completions], texts,
+                            [rows[c.prompt_index] for c in completions], specs)
+    return texts, batch
+
+
+def collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics):
+    """Generate for one step's prompts; with dynamic sampling, drop groups whose rewards are all equal
+    and refill with new prompts (at most 4 rounds). Returns (rollout batch, rewards tensor, rows)."""
+    params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            top_k=cfg.rollout.top_k, max_tokens=cfg.rollout.max_tokens,
+                            seed=cfg.run.seed * 1_000_003 + step)
+    kept_batches, kept_rewards, kept_rows, parts, failures = [], [], [], {}, {}
+    wanted, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0
+    t_gen = t_reward = 0.0
+    tokens = 0
+    while wanted > 0 and rounds < (4 if cfg.algorithm.dynamic_sampling else 1):
+        rows = stream.take(wanted)
+        prompt_ids = [tokenizer(r["prompt"]).input_ids for r in rows]
+        t0 = time.perf_counter()
+        completions = ray.get(rollout.generate.remote(prompt_ids, params))
+        t_gen += time.perf_counter() - t0
+        tokens += sum(len(c.token_ids) for c in completions)
+        t0 = time.perf_counter()
+        _, reward_batch = score(cfg, tokenizer, rows, completions, specs)
+        t_reward += time.perf_counter() - t0
+        batch = batch_from_completions(prompt_ids, completions)
+        rewards = torch.tensor(reward_batch.totals)
+        for k, v in reward_batch.parts.items():
+            parts.setdefault(k, []).extend(v)
+        for k, v in reward_batch.failures.items():
+            failures[k] = failures.get(k, 0) + v
+        keep = torch.ones(batch.size, dtype=torch.bool)
+        if cfg.algorithm.dynamic_sampling:
+            keep = dynamic_sampling_filter(rewards, batch.group_ids)
+            dropped += int((~keep).sum()) // cfg.rollout.n
+        index = keep.nonzero()[:, 0].tolist()
+        batch = batch.subset(index)
+        batch.group_ids = batch.group_ids + len(kept_rows)      # group ids unique across rounds
+        kept_batches.append(batch)
+        kept_rewards.append(rewards[index])
+        kept_rows += rows
+        wanted -= len(index) // cfg.rollout.n
+        rounds += 1
+    batch = _concat(kept_batches)
+    metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward,
+                    "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
+                    "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds)})
+    for k, v in parts.items():
+        metrics[f"reward/{k}/mean"] = sum(v) / len(v)
+        if all(x in (0.0, 1.0) for x in v):
+            metrics["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
+    for k, v in failures.items():
+        metrics[f"reward_fail/{k}"] = float(v)
+    return batch, torch.cat(kept_rewards) if kept_rewards else torch.zeros(0)
+
+
+def _concat(batches):
+    from .samples import RolloutBatch, pad_right
+    prompt_ids = [p for b in batches for p in b.prompt_ids]
+    responses = [r for b in batches for r in b.response_ids]
+    logprobs = [b.rollout_logprobs[i, : len(b.response_ids[i])].tolist() for b in batches for i in range(b.size)]
+    return RolloutBatch(prompt_ids, responses, pad_right(logprobs), pad_right([[1.0] * len(r) for r in responses]),
+                        torch.cat([b.group_ids for b in batches]), torch.cat([b.truncated for b in batches]))
+
+
+def advantages_for(cfg, batch, rewards, ref_logprobs):
+    """Shaped rewards -> per-token advantages [B, T] with the configured estimator."""
+    algo = cfg.algorithm
+    lengths = batch.mask.sum(1)
+    if algo.overlong_buffer:
+        rewards = rewards + overlong_shaping(lengths, cfg.rollout.max_tokens, algo.overlong_buffer,
+                                             algo.overlong_penalty)
+    token_rewards = None
+    if ref_logprobs is not None and algo.kl_mode == "reward":
+        T = batch.mask.shape[1]
+        token_rewards = -algo.kl_coef * kl_penalty(batch.rollout_logprobs, ref_logprobs[:, :T], algo.kl_estimator,
+                                                   mask=batch.mask)
+    kwargs = {"token_rewards": token_rewards} if token_rewards is not None else {}
+    return compute_advantages(algo.advantage, rewards, batch.group_ids, batch.mask, **kwargs)
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run (or resume) the job described by `cfg`; returns the run directory."""
+    import ray
+
+    from model import load_tokenizer
+
+    run_dir = prepare_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    random.seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    resume_from = ckpt.latest_checkpoint(run_dir) if cfg.run.resume else None
+    tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer != "builtin:char" or not cfg.model.path
+                               else cfg.model.path)
+    policy_path = str(resume_from / "policy") if resume_from else initial_policy(cfg, run_dir, tokenizer)
+    tokenizer_path = policy_path if (Path(policy_path) / "tokenizer_config.json").exists() else cfg.tokenizer
+    train_rows, eval_rows = load_rows(cfg, tokenizer)
+    specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
+
+    state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
+    rollout, learner = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
+    if resume_from:
+        ray.get(learner.load.remote(str(resume_from)))
+    stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
+    monitor = Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg),
+                      purge_step=state["step"] + 1 if resume_from else None)
+    bar = progress(cfg.run.steps, cfg.run.progress_bar, initial=state["step"])
+    _Stop.install()
+
+    def generate(prompt_ids, params):
+        return ray.get(rollout.generate.remote(prompt_ids, params))
+
+    def run_eval(step):
+        metrics = evaluate(generate, tokenizer, eval_rows, specs, cfg.rollout.max_tokens, cfg.rollout.eval_n,
+                           cfg.rollout.temperature, seed=cfg.run.seed)
+        monitor.log(step, metrics)
+        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        return metrics
+
+    if state["step"] == 0 and cfg.run.eval_every:
+        run_eval(0)
+    step = state["step"]
+    while step < cfg.run.steps and not _Stop.requested:
+        step += 1
+        t_step = time.perf_counter()
+        metrics = {}
+        batch, rewards = collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics)
+        if batch.size == 0:
+            bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
+            continue
+        ref = ray.get(learner.reference_logprobs.remote(batch)) if cfg.algorithm.kl_mode == "reward" else None
+        batch.advantages = advantages_for(cfg, batch, rewards, ref)
+        t0 = time.perf_counter()
+        metrics.update(ray.get(learner.train_step.remote(batch)))
+        metrics["time/train_s"] = time.perf_counter() - t0
+        metrics["perf/train_tokens_per_s"] = (sum(map(len, batch.prompt_ids)) + batch.mask.sum().item()) / \
+            metrics["time/train_s"]
+        t0 = time.perf_counter()
+        ray.get(rollout.update_weights.remote(learner.named_weights.remote()))
+        metrics["time/sync_s"] = time.perf_counter() - t0
+        lengths = batch.mask.sum(1)
+        metrics.update({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1
+                        else 0.0, "response/length_mean": lengths.mean().item(),
+                        "response/length_max": lengths.max().item(),
+                        "response/truncated_frac": batch.truncated.float().mean().item(),
+                        "data/position": float(stream.position), "time/step_s": time.perf_counter() - t_step})
+        monitor.log(step, metrics)
+        bar.update(metrics)
+        if cfg.run.eval_every and step % cfg.run.eval_every == 0:
+            run_eval(step)
+        if (cfg.run.save_every and step % cfg.run.save_every == 0) or _Stop.requested:
+            save_checkpoint(ray, learner, tokenizer, run_dir, step, stream.position)
+    if step >= cfg.run.steps:
+        final = run_dir / "final"
+        ray.get(learner.save.remote(str(final)))
+        tokenizer.save_pretrained(final / "policy")
+        save_checkpoint(ray, learner, tokenizer, run_dir, step, stream.position)
+    bar.close()
+    monitor.close()
+    plot_run(run_dir)
+    return run_dir
+
+
+def save_checkpoint(ray, learner, tokenizer, run_dir, step, position):
+    folder = ckpt.checkpoint_dir(run_dir, step)
+    ray.get(learner.save.remote(str(folder)))
+    tokenizer.save_pretrained(folder / "policy")
+    ckpt.save_trainer_state(folder, step, position)
+    ckpt.mark_latest(run_dir, folder)

@@ -1,0 +1,102 @@
+"""The RL loop end to end on the CPU, through Ray: rollout actor, rewards, DeepSpeed learner, weight sync,
+checkpoints, resume after kill -9, failing reward functions, bad configs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["run.steps=3", "run.eval_every=3", "run.save_every=2", "run.progress_bar=false",
+         "rollout.n=4", "rollout.prompts_per_step=4", "rollout.max_tokens=6", "rollout.eval_n=2",
+         "data.train_size=64", "data.eval_size=8", "learner.micro_batch_tokens=256"]
+
+
+def run_rl(args, timeout=600, **popen):
+    return subprocess.run([sys.executable, "run_rl.py", "--config", "configs/tiny_cpu.yaml", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def run_dir_of(output: str) -> Path:
+    return Path(output.strip().splitlines()[-1].split("run directory: ")[-1])
+
+
+def metrics_by_step(run_dir: Path) -> dict[int, dict]:
+    from rl.monitor import read_metrics
+    return {int(m["step"]): m for m in read_metrics(run_dir)}
+
+
+def test_three_steps_through_ray_with_a_failing_reward(tmp_path):
+    flaky = tmp_path / "flaky_reward.py"
+    flaky.write_text("def reward(prompt, response, **fields):\n"
+                     "    if len(response) % 2:\n        raise RuntimeError('boom')\n    return 0.5\n")
+    functions = f"reward.functions=[{{name: accuracy, fn: arithmetic}}, {{name: flaky, fn: '{flaky}:reward'}}]"
+    proc = run_rl([*SMALL, f"run.output_dir={tmp_path}", functions])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = run_dir_of(proc.stdout)
+    steps = metrics_by_step(run_dir)
+    assert set(range(1, 4)) <= set(steps)
+    assert all("reward/mean" in steps[s] and "actor/entropy" in steps[s] for s in (1, 2, 3))
+    failures = sum(steps[s].get("reward_fail/flaky/error", 0) for s in (1, 2, 3))
+    assert failures > 0                                            # counted, and the run went on
+    assert "eval/greedy_accuracy" in steps[3] and "eval/pass@2" in steps[0]
+    assert (run_dir / "plots" / "reward.png").stat().st_size > 0
+
+    from transformers import AutoModelForCausalLM
+
+    import model  # noqa: F401
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "policy")
+    assert type(final).__name__ == "KimiLinearForCausalLM"
+    assert json.loads((run_dir / "final" / "policy" / "config.json").read_text())["model_type"] == "kimi_linear"
+
+
+def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path):
+    args = [*SMALL, "run.steps=5", "run.save_every=1", "run.eval_every=0", f"run.output_dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "run_rl.py", "--config", "configs/tiny_cpu.yaml", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    run_dir = None
+    while time.time() < deadline:
+        found = list(tmp_path.glob("*/checkpoints/latest"))
+        if found and found[0].read_text().strip() >= "step_000002":
+            run_dir = found[0].parent.parent
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None, "no checkpoint appeared"
+    killed_at = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+                            / "trainer_state.json").read_text())
+    assert killed_at["step"] < 5
+
+    resumed = run_rl([*args, f"resume={run_dir}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = metrics_by_step(run_dir)
+    assert sorted(s for s in steps if s > 0) == [1, 2, 3, 4, 5]
+    positions = [steps[s]["data/position"] for s in range(1, 6)]
+    assert positions == [4.0 * s for s in range(1, 6)]            # 4 prompts a step, none skipped or redone
+    final = json.loads((run_dir / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
+    assert (final["step"], final["position"]) == (5, 20)
+
+
+def test_bad_config_fails_fast_with_the_field_named():
+    start = time.perf_counter()
+    proc = run_rl(["rollout.temprature=0.5"], timeout=60)
+    assert proc.returncode == 2
+    assert "rollout.temprature" in proc.stderr and "rollout.temperature" in proc.stderr
+    proc = run_rl(["algorithm.advantage=ppo"], timeout=60)
+    assert proc.returncode == 2 and "algorithm.advantage" in proc.stderr and "grpo" in proc.stderr
+    assert time.perf_counter() - start < 20      # two interpreter starts; the check itself is milliseconds
+
+
+@pytest.mark.parametrize("override", ["rollout.n=four", "learner.zero_stage=7"])
+def test_bad_values_name_the_field(override):
+    from rl.config import ConfigError, load_config
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(str(ROOT / "configs" / "tiny_cpu.yaml"), [override])
+    assert time.perf_counter() - start < 1.0
