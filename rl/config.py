@@ -99,6 +99,7 @@ class DataSection:
     task_options: dict = field(default_factory=dict)   # extra keyword arguments of the task
     train_size: int = 2000
     eval_size: int = 200
+    eval_seed: int | None = None      # seed of a built-in task's eval set; None: run.seed + 10000
     apply_chat_template: bool = True
     shuffle: bool = True
 

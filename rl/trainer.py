@@ -60,9 +60,11 @@ def load_rows(cfg: RunConfig, tokenizer):
     """(train rows, eval rows): a built-in task, or a local dataset with a held-out split."""
     d = cfg.data
     if d.task:
-        train = make_task(d.task, d.train_size, seed=cfg.run.seed, difficulty=d.difficulty, **d.task_options)
-        held_out = make_task(d.task, d.eval_size, seed=cfg.run.seed + 10_000, difficulty=d.difficulty,
-                             **d.task_options)
+        eval_seed = cfg.run.seed + 10_000 if d.eval_seed is None else d.eval_seed
+        held_out = make_task(d.task, d.eval_size, seed=eval_seed, difficulty=d.difficulty, **d.task_options)
+        seen = {r["prompt"] for r in held_out}      # small tasks repeat prompts: keep the eval set unseen
+        train = [r for r in make_task(d.task, d.train_size, seed=cfg.run.seed, difficulty=d.difficulty,
+                                      **d.task_options) if r["prompt"] not in seen]
         return train, held_out
     kwargs = dict(columns=d.columns, tokenizer=tokenizer if d.apply_chat_template else None,
                   system_prompt=d.system_prompt)
@@ -128,7 +130,7 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
     learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
         scheduling_strategy=strategy(where[1])).remote(
         policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
-        cfg.model.gradient_checkpointing, 1 if not gpus else None)
+        cfg.model.gradient_checkpointing)
     return rollout, learner
 
 

@@ -81,8 +81,12 @@ def _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size):
 
 def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                     cu_seqlens=None, use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
-                    A_log=None, dt_bias=None, chunk_size=CHUNK_SIZE):
-    """Chunkwise KDA (chunk_kda contract) in PyTorch; differentiable in every input."""
+                    A_log=None, dt_bias=None, chunk_size=None):
+    """Chunkwise KDA (chunk_kda contract) in PyTorch; differentiable in every input.
+
+    chunk_size defaults to 64, or to the next power of two (at least 16) above the longest sequence
+    when all are shorter: the result is the same, and short RL responses do not pay for 64-token chunks.
+    """
     check_shapes(q, k, v, g, beta, initial_state, cu_seqlens)
     q, k, g = prepare_inputs(q, k, g, use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias)
     B, T, H, K = q.shape
@@ -90,9 +94,11 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
     scale = K ** -0.5 if scale is None else scale
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
 
+    max_len = T if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     if cu_seqlens is not None:
-        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         q, k, v, g, beta = (_unpack(x, cu_seqlens, max_len) for x in (q, k, v, g, beta))
+    if chunk_size is None:
+        chunk_size = min(CHUNK_SIZE, max(16, 1 << max(max_len - 1, 1).bit_length()))
     q, k, v, g, beta = (_pad_to_chunks(x, chunk_size) for x in (q, k, v, g, beta))
 
     o, final_state = _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size)

@@ -1,0 +1,254 @@
+"""Supervised warm-up: the starting policy of the CPU RL demo, made here rather than downloaded.
+
+    python -m rl.warmup --out checkpoints/arithmetic-warmup
+
+A small Kimi Linear (3 KDA + 1 MLA layers, character tokenizer) learns a built-in arithmetic task
+from prompt -> answer pairs for a few minutes on 2 CPU cores, deliberately too briefly to master
+it: RL then has room to raise held-out accuracy, and because the policy already emits answers of
+the right form, sampling finds correct ones often enough to give a reward signal.
+
+The SFT target is exactly what rewards.synthetic.arithmetic_reward scores 1.0: the answer's digits
+(natural order, a leading "-" if negative) followed by <eos>. The prompt is tokenized as
+`tokenizer(prompt).input_ids` (no BOS), as the RL loop does; the loss covers only the answer and
+<eos>. Training stops after --steps optimizer steps (deterministic), or earlier at --minutes.
+
+The output folder holds the model and tokenizer (save_pretrained) and warmup_report.json: the
+settings, the loss and eval curve, wall time, held-out greedy accuracy and pass@k at temperature
+1, and the settings the RL run should use (`rl_config`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from rewards import arithmetic_reward
+from rl.data.tasks import make_task
+from rollout import EmbeddedEngine, SamplingParams
+
+TASK = "arithmetic"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (model, tokenizer, warmup_report.json)")
+    # task
+    p.add_argument("--difficulty", type=int, default=2, help="operands have up to this many digits")
+    p.add_argument("--ops", default="+", help="operators to draw from (any of + - *)")
+    p.add_argument("--operands", type=int, default=2)
+    p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--eval-size", type=int, default=200)
+    # model
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4, help="every 4th layer is MLA, the others KDA")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ffn", type=int, default=256, help="MLP intermediate size")
+    # optimisation
+    p.add_argument("--steps", type=int, default=1100)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="optional time cap (stops early; the result then depends on machine load)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0, help="model init and batch order")
+    # evaluation
+    p.add_argument("--samples", type=int, default=8, help="samples per prompt for pass@k")
+    p.add_argument("--temperature", type=float, default=1.0, help="temperature of the pass@k samples")
+    p.add_argument("--eval-every", type=int, default=100, help="greedy eval every N steps (0: only at the end)")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def task_options(args) -> dict:
+    """The make_task keyword arguments that define the task (besides n and seed)."""
+    return {"difficulty": args.difficulty, "ops": args.ops, "operands": args.operands}
+
+
+def answer_budget(args) -> int:
+    """Tokens an answer can need: sign + digits of the largest |result| + <eos>."""
+    biggest = (10 ** args.difficulty - 1)
+    bound = biggest ** args.operands if "*" in args.ops else biggest * args.operands
+    return 1 + len(str(bound)) + 1
+
+
+def eval_rows(args) -> list[dict]:
+    return make_task(TASK, args.eval_size, seed=args.eval_seed, **task_options(args))
+
+
+def train_rows(args, n: int, exclude: set[str]) -> list[dict]:
+    """Up to n training rows from the train seed, none of whose prompts is in the held-out set
+    (2-digit addition has only 10,000 prompts, so the two seeds alone would overlap)."""
+    rows = make_task(TASK, n + 2 * len(exclude) + 100, seed=args.train_seed, **task_options(args))
+    kept = [r for r in rows if r["prompt"] not in exclude]
+    return kept[:n]
+
+
+def encode(tokenizer, row) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + answer + <eos>, and labels: -100 on the prompt, the ids elsewhere."""
+    prompt = tokenizer(row["prompt"]).input_ids
+    target = tokenizer(row["answer"]).input_ids + [tokenizer.eos_token_id]
+    return prompt + target, [-100] * len(prompt) + target
+
+
+def collate(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example. No attention mask is needed: the model is causal, so
+    pads after a sequence never reach its tokens, and their labels are -100."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    for i, (x, y) in enumerate(examples):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+    return ids, labels
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def build_model(args, tokenizer) -> KimiLinearForCausalLM:
+    """A fresh hybrid model; vocab rounded up to a multiple of 64 (100 chars -> 128)."""
+    torch.manual_seed(args.seed)
+    config = tiny_config(
+        vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=args.hidden, num_layers=args.layers,
+        num_heads=args.heads, kda_head_dim=args.hidden // args.heads, intermediate_size=args.ffn,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    return KimiLinearForCausalLM(config)
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warm-up, then constant: stopping at any step gives the same prefix of training."""
+    return args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(net, tokenizer, rows, max_tokens: int, n: int = 1, temperature: float = 0.0,
+             seed: int = 0) -> dict:
+    """Score n completions per prompt with arithmetic_reward: accuracy (mean over all samples),
+    pass@n (a prompt counts if any sample is right) and `mixed`, the fraction of prompts whose
+    samples are neither all right nor all wrong (those give GRPO a non-zero advantage)."""
+    engine = EmbeddedEngine(net, tokenizer, max_batch_size=max(64, n))
+    params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    out = engine.generate([tokenizer(r["prompt"]).input_ids for r in rows], params)
+    right = [[0] * n for _ in rows]
+    for c in out:
+        row = rows[c.prompt_index]
+        right[c.prompt_index][c.sample_index] = arithmetic_reward(row["prompt"], c.text, row["answer"]) == 1.0
+    net.train()                                  # the engine put it in eval mode
+    per_prompt = [sum(r) for r in right]
+    return {"accuracy": sum(per_prompt) / (n * len(rows)),
+            f"pass@{n}": sum(k > 0 for k in per_prompt) / len(rows),
+            "mixed": sum(0 < k < n for k in per_prompt) / len(rows),
+            "examples": [{"prompt": rows[c.prompt_index]["prompt"], "response": c.text,
+                          "answer": rows[c.prompt_index]["answer"]} for c in out[: 5 * n: n]]}
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def train(net, tokenizer, args, rows, evals) -> dict:
+    """AdamW on random batches of the training rows; returns the loss/eval history and timing."""
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
+    rng = random.Random(args.seed)
+    examples = [encode(tokenizer, r) for r in rows]
+    budget = answer_budget(args)
+    history, losses, start = [], [], time.perf_counter()
+    net.train()
+    bar = tqdm(range(args.steps), desc="warm-up", unit="step")
+    for step in bar:
+        ids, labels = collate(rng.sample(examples, args.batch_size), tokenizer.pad_token_id)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        loss = net(ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        done = step + 1
+        out_of_time = args.minutes is not None and time.perf_counter() - start > 60 * args.minutes
+        if (args.eval_every and done % args.eval_every == 0 and done < args.steps) or out_of_time:
+            acc = evaluate(net, tokenizer, evals, budget)["accuracy"]
+            history.append({"step": done, "loss": sum(losses[-20:]) / len(losses[-20:]), "greedy_accuracy": acc,
+                            "seconds": round(time.perf_counter() - start, 1)})
+            tqdm.write(f"step {done}: loss {history[-1]['loss']:.3f}, held-out greedy accuracy {acc:.1%}")
+        if out_of_time:
+            tqdm.write(f"stopping at step {done}: the {args.minutes}-minute budget is spent")
+            break
+    return {"steps": done, "stopped_by": "time" if done < args.steps else "steps",
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "history": history}
+
+
+def rl_config(args, out: Path, budget: int) -> dict:
+    """What configs/tiny_cpu.yaml needs to start RL from this checkpoint on the same task."""
+    return {
+        "model.path": str(out), "tokenizer": str(out),
+        "data.task": TASK, "data.difficulty": args.difficulty,
+        "data.task_options": {"ops": args.ops, "operands": args.operands},
+        "data.eval_size": args.eval_size, "eval_seed": args.eval_seed,
+        "eval_rows": f"make_task({TASK!r}, {args.eval_size}, seed={args.eval_seed}, difficulty={args.difficulty}, "
+                     f"ops={args.ops!r}, operands={args.operands})",
+        "rollout.max_tokens": budget,
+        "reward.functions": [{"name": "accuracy", "fn": "arithmetic"}],
+        "prompt_tokens": "tokenizer(prompt).input_ids (no BOS, no chat template)",
+        "response_format": "answer digits in natural order (leading '-' if negative), then <eos>",
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    tokenizer = char_tokenizer()
+    net = build_model(args, tokenizer)
+    evals = eval_rows(args)
+    rows = train_rows(args, 20_000, exclude={r["prompt"] for r in evals})
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters; task {TASK} {task_options(args)}; {len(rows)} training rows, "
+          f"{len(evals)} held-out (seed {args.eval_seed}, excluded from training)")
+
+    result = train(net, tokenizer, args, rows, evals)
+    budget = answer_budget(args)
+    greedy = evaluate(net, tokenizer, evals, budget)
+    sampled = evaluate(net, tokenizer, evals, budget, n=args.samples, temperature=args.temperature,
+                       seed=args.seed)
+    wall = time.perf_counter() - start
+
+    net.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    k = args.samples
+    report = {
+        "settings": vars(args), "parameters": n_params, "training_rows": len(rows),
+        **{k2: v for k2, v in result.items() if k2 != "history"},
+        "wall_seconds": round(wall, 1), "torch": torch.__version__, "machine": platform.machine(),
+        "held_out": {"size": len(evals), "seed": args.eval_seed, "max_tokens": budget,
+                     "greedy_accuracy": greedy["accuracy"],
+                     f"pass@{k}": sampled[f"pass@{k}"], f"sample_accuracy@T{args.temperature}": sampled["accuracy"],
+                     "mixed_prompts": sampled["mixed"], "greedy_examples": greedy["examples"]},
+        "history": result["history"],
+        "rl_config": rl_config(args, out, budget),
+    }
+    (out / "warmup_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"done in {wall:.0f}s ({result['steps']} steps): held-out greedy accuracy {greedy['accuracy']:.1%}, "
+          f"pass@{k} (T={args.temperature}) {sampled[f'pass@{k}']:.1%}, per-sample {sampled['accuracy']:.1%}, "
+          f"prompts with mixed samples {sampled['mixed']:.1%}; saved to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
