@@ -5,7 +5,7 @@ Decode throughput of a cell (engine, model, batch B, context L) = B * D / (t(L p
 - t(L prompt, 1 new token)): the prefill cancels out. Cells that do not fit in memory, or come after the
 time budget, are reported as such. Writes benchmarks/results/rollout_<device>.md.
 
-    PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300]
+    PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300] [--models hybrid,mla]
 """
 import argparse
 import json
@@ -42,7 +42,8 @@ def vllm_cells(path: str, cells, budget_s: float, result_file: str):
     """Own process: vLLM holds the GPU until exit."""
     from rollout import SamplingParams, VLLMEngine
     engine = VLLMEngine(path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=131072 + 256,
-                        enforce_eager=False, enable_sleep_mode=False, max_num_seqs=256)
+                        enforce_eager=False, enable_sleep_mode=False, max_num_seqs=256,
+                        skip_tokenizer_init=True)      # token ids in, token ids out
     engine.generate(random_prompts(4, 256), SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
     start, results = time.perf_counter(), {}
     for batch, length in cells:
@@ -64,6 +65,7 @@ def embedded_cell(model, batch, length):
     from rollout import EmbeddedEngine, SamplingParams
     engine = EmbeddedEngine(model, max_batch_size=batch)
     prompts = random_prompts(batch, length)
+    engine.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))   # compile
     times = []
     for new in (1, DECODE_TOKENS + 1):
         torch.cuda.synchronize()
@@ -78,57 +80,68 @@ def fmt(value):
     return f"{value:,.0f}" if isinstance(value, float) else value
 
 
+MODELS = {"hybrid": ("hybrid (6 KDA + 2 MLA)", False), "mla": ("all-MLA (8 MLA)", True)}
+
+
+def run_model(key, args, tmp):
+    """Every cell for one model: vLLM in a child process, then the embedded engine here. Returns table rows."""
+    name, all_mla = MODELS[key]
+    torch.manual_seed(0)
+    model = KimiLinearForCausalLM(bench_config(all_mla)).to(torch.bfloat16)
+    path = Path(tmp) / key
+    model.save_pretrained(path)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    result_file = Path(tmp) / f"{key}.json"
+    code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
+            f"{str(result_file)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    vllm = json.loads(result_file.read_text()) if result_file.exists() else \
+        {f"{b}x{l}": f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}" for b, l in CELLS}
+    model = model.cuda().eval()
+    start, rows = time.perf_counter(), []
+    for batch, length in CELLS:
+        cell = f"{batch}x{length}"
+        embedded = "not run"
+        if cell in args.embedded_cells.split(","):
+            if time.perf_counter() - start > args.budget_s:
+                embedded = "skipped (time budget)"
+            else:
+                try:
+                    embedded = embedded_cell(model, batch, length)
+                except torch.cuda.OutOfMemoryError:
+                    embedded = "out of memory"
+                except Exception as error:    # report the cell, keep the table
+                    embedded = f"failed: {type(error).__name__}: {str(error)[:80]}"
+                torch.cuda.empty_cache()
+        cache = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
+        rows.append(f"| {name}, {params:.0f}M | {batch} | {length:,} | {fmt(vllm[cell])} | {fmt(embedded)} "
+                    f"| {cache:,.1f} MiB |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-s", type=float, default=300, help="time budget per engine and model")
     parser.add_argument("--embedded-cells", default="64x4096,256x4096,64x32768")
+    parser.add_argument("--models", default="hybrid,mla",
+                        help="which to run now; rows of a model run earlier on this device are kept")
     args = parser.parse_args()
     device = torch.cuda.get_device_name()
-    rows = []
+    slug = device.replace(" ", "_")
+    rows_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"
+    rows = json.loads(rows_file.read_text()) if rows_file.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for all_mla in (False, True):
-            name = "all-MLA (8 MLA)" if all_mla else "hybrid (6 KDA + 2 MLA)"
-            torch.manual_seed(0)
-            model = KimiLinearForCausalLM(bench_config(all_mla)).to(torch.bfloat16)
-            path = Path(tmp) / ("mla" if all_mla else "hybrid")
-            model.save_pretrained(path)
-            params = sum(p.numel() for p in model.parameters()) / 1e6
-            result_file = Path(tmp) / f"{path.name}.json"
-            code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
-                    f"{str(result_file)!r})")
-            proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
-            vllm = json.loads(result_file.read_text()) if result_file.exists() else \
-                {f"{b}x{l}": f"failed: {proc.stderr.strip().splitlines()[-1][:120]}" for b, l in CELLS}
-            model = model.cuda().eval()
-            start = time.perf_counter()
-            for batch, length in CELLS:
-                key = f"{batch}x{length}"
-                embedded = "not run"
-                if key in args.embedded_cells.split(","):
-                    if time.perf_counter() - start > args.budget_s:
-                        embedded = "skipped (time budget)"
-                    else:
-                        try:
-                            embedded = embedded_cell(model, batch, length)
-                        except torch.cuda.OutOfMemoryError:
-                            embedded = "out of memory"
-                        except Exception as error:    # report the cell, keep the table
-                            embedded = f"failed: {type(error).__name__}: {str(error)[:80]}"
-                        torch.cuda.empty_cache()
-                cache = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
-                rows.append(f"| {name}, {params:.0f}M | {batch} | {length:,} | {fmt(vllm[key])} | {fmt(embedded)} "
-                            f"| {cache:,.1f} MiB |")
-            del model
-            torch.cuda.empty_cache()
+        for key in args.models.split(","):
+            rows[key] = run_model(key, args, tmp)
+            rows_file.write_text(json.dumps(rows, indent=1))
     text = "\n".join([
         f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
         f"bf16, greedy, {DECODE_TOKENS} decoded tokens per sequence after a random prompt of the given context; "
         "tokens/s of decoding only (prefill subtracted). Cache per sequence is the analytic size of the "
         "KDA states + MLA latents at that context (`model.cache_bytes_per_sequence`).", "",
         "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
-        "|---|---:|---:|---:|---:|---:|", *rows]) + "\n"
+        "|---|---:|---:|---:|---:|---:|", *(r for key in MODELS if key in rows for r in rows[key])]) + "\n"
     print(text)
-    slug = device.replace(" ", "_")
     (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
 
 

@@ -147,6 +147,15 @@ class Learner:
         """The policy's tensors under checkpoint names, on the CPU, for the rollout engines."""
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
+    def weight_ipc_handles(self) -> bytes:
+        """CUDA IPC handles of the policy's tensors, pickled, for a rollout engine on the same GPU: it maps
+        the learner's memory and copies from it. The handles point at the live parameters, so they stay
+        valid while the learner does not step (the trainer syncs between steps)."""
+        import pickle
+
+        from torch.multiprocessing.reductions import reduce_tensor
+        return pickle.dumps({k: reduce_tensor(v.detach()) for k, v in self.model.state_dict().items()})
+
     def save(self, folder: str):
         """Policy as a transformers checkpoint (vLLM loads it) plus the optimizer and scheduler state."""
         folder = Path(folder)

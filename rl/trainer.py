@@ -98,7 +98,9 @@ class PromptStream:
 
 
 def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int):
-    """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors."""
+    """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors.
+
+    Returns (rollout actor, learner actor, whether the two share one GPU)."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -131,7 +133,16 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
         scheduling_strategy=strategy(where[1])).remote(
         policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
         cfg.model.gradient_checkpointing)
-    return rollout, learner
+    return rollout, learner, bool(gpus) and cfg.ray.placement == "colocated"
+
+
+def sync_weights(cfg, ray, rollout, learner, shared_gpu: bool):
+    """New policy weights into the rollout engine: CUDA IPC handles when vLLM shares the learner's GPU
+    (device-to-device, nothing through host memory), the Ray object store otherwise."""
+    if shared_gpu and cfg.rollout.engine == "vllm":
+        ray.get(rollout.update_weights_from_ipc.remote(learner.weight_ipc_handles.remote()))
+    else:
+        ray.get(rollout.update_weights.remote(learner.named_weights.remote()))
 
 
 def score(cfg, tokenizer, rows, completions, specs):
@@ -237,7 +248,7 @@ def train(cfg: RunConfig) -> Path:
     specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
 
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
-    rollout, learner = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
+    rollout, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
     if resume_from:
         ray.get(learner.load.remote(str(resume_from)))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
@@ -267,6 +278,10 @@ def train(cfg: RunConfig) -> Path:
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
             continue
+        if shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
+            t0 = time.perf_counter()
+            ray.get(rollout.sleep.remote())
+            metrics["time/offload_s"] = time.perf_counter() - t0
         ref = ray.get(learner.reference_logprobs.remote(batch)) if cfg.algorithm.kl_mode == "reward" else None
         batch.advantages = advantages_for(cfg, batch, rewards, ref)
         t0 = time.perf_counter()
@@ -275,7 +290,9 @@ def train(cfg: RunConfig) -> Path:
         metrics["perf/train_tokens_per_s"] = (sum(map(len, batch.prompt_ids)) + batch.mask.sum().item()) / \
             metrics["time/train_s"]
         t0 = time.perf_counter()
-        ray.get(rollout.update_weights.remote(learner.named_weights.remote()))
+        if shared_gpu:
+            ray.get(rollout.wake_up.remote())
+        sync_weights(cfg, ray, rollout, learner, shared_gpu)
         metrics["time/sync_s"] = time.perf_counter() - t0
         lengths = batch.mask.sum(1)
         metrics.update({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1

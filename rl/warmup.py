@@ -34,6 +34,9 @@ from rl.data.tasks import make_task
 from rollout import EmbeddedEngine, SamplingParams
 
 TASK = "arithmetic"
+# MLA head sizes: the CPU demo's, and the released model's (vLLM's MLA prefill kernels accept only these)
+MLA_DIMS = {"tiny": dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
+            "released": dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4, help="every 4th layer is MLA, the others KDA")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=256, help="MLP intermediate size")
+    p.add_argument("--mla-dims", choices=sorted(MLA_DIMS), default="tiny",
+                   help="MLA head sizes: tiny (CPU demo) or released (Kimi Linear's, which vLLM's MLA kernels need)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     # optimisation
     p.add_argument("--steps", type=int, default=1100)
     p.add_argument("--minutes", type=float, default=None,
@@ -123,7 +129,7 @@ def build_model(args, tokenizer) -> KimiLinearForCausalLM:
         vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=args.hidden, num_layers=args.layers,
         num_heads=args.heads, kda_head_dim=args.hidden // args.heads, intermediate_size=args.ffn,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id)
+        eos_token_id=tokenizer.eos_token_id, **MLA_DIMS[args.mla_dims])
     return KimiLinearForCausalLM(config)
 
 
@@ -169,6 +175,7 @@ def train(net, tokenizer, args, rows, evals) -> dict:
     bar = tqdm(range(args.steps), desc="warm-up", unit="step")
     for step in bar:
         ids, labels = collate(rng.sample(examples, args.batch_size), tokenizer.pad_token_id)
+        ids, labels = ids.to(args.device), labels.to(args.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         loss = net(ids, labels=labels).loss
@@ -215,7 +222,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     tokenizer = char_tokenizer()
-    net = build_model(args, tokenizer)
+    net = build_model(args, tokenizer).to(args.device)
     evals = eval_rows(args)
     rows = train_rows(args, 20_000, exclude={r["prompt"] for r in evals})
     n_params = sum(p.numel() for p in net.parameters())

@@ -15,6 +15,11 @@ class RolloutWorker:
         self.engine.update_weights(named_tensors)
         return True
 
+    def update_weights_from_ipc(self, payload: bytes):
+        """CUDA IPC handles from a learner on the same GPU (vLLM engine only)."""
+        self.engine.update_weights_from_ipc(payload)
+        return True
+
     def sleep(self):
         self.engine.sleep()
 

@@ -57,6 +57,11 @@ class VLLMEngine:
         blob = save({name: t.detach().to("cpu").contiguous() for name, t in pairs})
         self.llm.collective_rpc("load_safetensors_blob", args=(blob,))
 
+    def update_weights_from_ipc(self, payload: bytes):
+        """Load weights from CUDA IPC handles (see `WeightSyncExtension.load_ipc_handles`): the path for a
+        learner colocated on the same GPU."""
+        self.llm.collective_rpc("load_ipc_handles", args=(payload,))
+
     def sleep(self):
         """Free the GPU for the learner: weights offloaded to host memory, KV cache dropped."""
         self.llm.sleep(level=1)

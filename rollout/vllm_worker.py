@@ -1,4 +1,6 @@
 """Runs inside each vLLM worker process (named by `worker_extension_cls`): receives new weights."""
+import pickle
+
 import torch
 
 
@@ -12,6 +14,21 @@ class WeightSyncExtension:
         model = self.model_runner.get_model()      # unwrapped from any CUDA-graph / compile wrapper
         device = next(model.parameters()).device
         weights = [(name, tensor.to(device)) for name, tensor in load(blob).items()]
+        model.load_weights(weights=weights)
+        torch.cuda.synchronize()
+        return len(weights)
+
+    def load_ipc_handles(self, payload: bytes):
+        """Map the learner's GPU tensors (CUDA IPC handles from `torch.multiprocessing.reductions.reduce_tensor`,
+        pickled) into this process and load them: a device-to-device copy, no trip through host memory.
+        The learner must share this GPU and keep the tensors alive until the call returns."""
+        model = self.model_runner.get_model()
+        device = torch.cuda.current_device()
+        weights = []
+        for name, (rebuild, args) in pickle.loads(payload).items():
+            args = list(args)
+            args[6] = device                       # storage_device: this process's index of the same GPU
+            weights.append((name, rebuild(*args)))
         model.load_weights(weights=weights)
         torch.cuda.synchronize()
         return len(weights)
