@@ -1,11 +1,12 @@
 """Time chunkwise KDA: ours (Triton), fla's chunk_kda and the PyTorch chunk path, in one run.
 
-    python benchmarks/kda_kernels.py [--no-torch] [--shapes all|quick]
+    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--out FILE]
 
 bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
 warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
 step (256 sequences, H=32, K=V=128, state pool updated in place) against the time to read and write
-the state once at the measured copy bandwidth. Writes benchmarks/results/kda_kernels_<device>.md.
+the state once at the measured copy bandwidth, and a per-kernel profile (torch.profiler) of one
+forward+backward of ours and fla's. Writes benchmarks/results/kda_kernels_<device>.md.
 
 FLOPs (per token and head, C = 64): the matrix products of the chunk algorithm,
   forward  = 2*C*K (Akk) + 2*C*K (Aqk) + 2*C*K (w) + 2*C*V (u) + 2*C*V (Aqk v) + 6*K*V (w h,
@@ -73,10 +74,40 @@ def bench(impl, xs, cu, backward, name):
         return float("nan")
 
 
+def kernel_profile(impls, shape=(1, 4096, 32, 128, 128), iters=5):
+    """Per-kernel GPU time of one forward+backward (mean over `iters`), for each implementation: the
+    profile that says where ours loses to fla. Returns markdown lines."""
+    from torch.profiler import ProfilerActivity, profile
+    xs, cu = make(*shape)
+    lines = []
+    for name, impl in impls.items():
+        if name == "torch":
+            continue
+        leaves = [x.detach().clone().requires_grad_() for x in xs]
+        do = torch.randn_like(xs[2])
+        for _ in range(3):                                   # compile / autotune outside the profile
+            impl(*leaves, cu)[0].backward(do)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                impl(*leaves, cu)[0].backward(do)
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_time_total > 0]
+        events.sort(key=lambda e: -e.device_time_total)
+        total = sum(e.device_time_total for e in events) / iters
+        lines += ["", f"Kernels of one fwd+bwd, {name}, shape {shape[:4]} (us per call; total {total:.0f} us):", "",
+                  "| kernel | us | share |", "| --- | ---: | ---: |"]
+        for e in events[:14]:
+            t = e.device_time_total / iters
+            lines.append(f"| {e.key[:70]} | {t:.0f} | {t / total:.0%} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name()
@@ -91,10 +122,11 @@ def main():
     packed = torch.randint(256, 769, (64,), generator=gen).tolist()
     shapes = [((1, 4096, 32, 128, 128), None), ((1, 16384, 16, 128, 128), None), ((8, 2048, 16, 128, 128), None),
               ((1, 65536, 8, 128, 128), None), ((1, sum(packed), 16, 128, 128), packed)]
-    rows = []
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"kda_kernels_{dev_name.replace(' ', '_').replace('/', '_')}.md")
+    rows, extra = [], []
     for (B, T, H, K, V), lens in shapes:
         xs, cu = make(B, T, H, K, V, lens)
-        fl = flops_fwd(B * T, H, K, V)
         res = {}
         for name, impl in impls.items():
             print(f"  {name} ...", flush=True)
@@ -104,11 +136,19 @@ def main():
             res[name] = (bench(impl, xs, cu, False, name), bench(impl, xs, cu, True, name))
             torch.cuda.empty_cache()
         desc = f"({B}, {T}, {H}, {K})" if lens is None else f"packed 64 seqs, {B * T} tok, H={H}"
-        rows.append((desc, fl, res))
-        line = f"{desc:32s} " + " ".join(f"{n}: fwd {r[0]:.3f} ms fwd+bwd {r[1]:.3f} ms" for n, r in res.items())
-        print(line, flush=True)
+        rows.append((desc, flops_fwd(B * T, H, K, V), res))
+        write_report(out, dev_name, impls, rows, extra)        # a run cut short keeps what it measured
+    extra += decode_line()
+    write_report(out, dev_name, impls, rows, extra)
+    if not args.no_profile:
+        extra += kernel_profile({n: f for n, f in impls.items() if n != "torch"})
+        write_report(out, dev_name, impls, rows, extra)
+    print(open(out).read())
 
-    # decode step: 256 sequences, H=32, K=V=128, states in a pool updated in place
+
+def decode_line():
+    """Decode step for 256 sequences, H=32, K=V=128 (state pool in place) vs reading and writing the
+    state once at the measured copy bandwidth."""
     N, H, K, V = 256, 32, 128, 128
     pool = torch.randn(N + 64, H, K, V, device="cuda")
     idx = torch.randperm(N + 64, device="cuda")[:N].int()
@@ -123,8 +163,12 @@ def main():
     bw = 2 * big.numel() / (t_copy * 1e-3)                   # bytes read + written per second
     state_bytes = N * H * K * V * 4
     t_floor = 2 * state_bytes / bw * 1e3
-    del big, big2
+    return ["", f"Decode step, 256 sequences, H=32, K=V=128, fp32 state pool in place: {t_dec * 1e3:.1f} us; "
+            f"state {state_bytes / 2**20:.0f} MiB read + written at the measured copy bandwidth "
+            f"{bw / 1e12:.2f} TB/s = {t_floor * 1e3:.1f} us; ratio {t_dec / t_floor:.2f} (target <= 1.5)."]
 
+
+def write_report(out, dev_name, impls, rows, extra):
     lines = [f"# KDA kernels on {dev_name}", "",
              "bf16 inputs, float32 gates and states, K = V = 128, chunk 64; `triton.testing.do_bench` median (ms).",
              "TFLOP/s from the FLOP count in benchmarks/kda_kernels.py (fwd+bwd = 3 x fwd).", "",
@@ -137,16 +181,9 @@ def main():
         lines.append(f"| {desc} | " + " | ".join(f"{res[n][0]:.3f}" for n in impls) + " | "
                      + " | ".join(f"{res[n][1]:.3f}" for n in impls)
                      + f" | {fl / o[0] / 1e9:.1f} / {3 * fl / o[1] / 1e9:.1f} | {o[0] / f[0]:.2f} | {o[1] / f[1]:.2f} |")
-    lines += ["", f"Decode step, 256 sequences, H=32, K=V=128, fp32 state pool in place: {t_dec * 1e3:.1f} us; "
-              f"state {state_bytes / 2**20:.0f} MiB read + written at the measured copy bandwidth "
-              f"{bw / 1e12:.2f} TB/s = {t_floor * 1e3:.1f} us; ratio {t_dec / t_floor:.2f} (target <= 1.5)."]
-    text = "\n".join(lines)
-    print(text)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"kda_kernels_{dev_name.replace(' ', '_').replace('/', '_')}.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
-        fh.write(text + "\n")
+        fh.write("\n".join(lines + extra) + "\n")
 
 
 if __name__ == "__main__":
