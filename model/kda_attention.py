@@ -65,7 +65,9 @@ class KimiDeltaAttention(nn.Module):
             g = torch.where(layout.valid[..., None, None], kda_gate(g, self.A_log, self.dt_bias), 0)
             beta = torch.where(layout.valid[..., None], beta, 0)
         initial = state.recurrent if state is not None else None
-        kda = fused_recurrent_kda if (state is not None and T == 1) else chunk_kda
+        # one decoding token: the Triton recurrent kernel on CUDA; elsewhere the chunk path, which
+        # steps a whole batch at once (the reference recurrence loops over the sequences)
+        kda = fused_recurrent_kda if (state is not None and T == 1 and q.is_cuda) else chunk_kda
         o, final = kda(q, k, v, g, beta, initial_state=initial, output_final_state=cache is not None,
                        cu_seqlens=layout.cu_seqlens, **kda_kwargs)
         if cache is not None:

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch import padded_index
 from .layers import RMSNorm
 
 
@@ -53,8 +54,26 @@ class KimiMLAAttention(nn.Module):
         kv = self.kv_b_proj(latent).view(B, L, H, self.nope_dim + self.v_head_dim)
         k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(B, L, H, self.rope_dim)], dim=-1)
-        mask = self._mask(layout, T, L, x.device)
-        # [B, T, H, D] -> [B, H, T, D]
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_head_dim))
+        index = None
+        if layout.seq_idx is not None and layout.cache is None and layout.valid is None:
+            index, valid = padded_index(layout.cu_seqlens)
+            if index.numel() * index.shape[1] > T * T:    # padding would cost more than the [T, T] mask
+                index = None
+        if index is not None:
+            o = self._padded_attention(q, k, v, index, valid)
+        else:
+            mask = self._mask(layout, T, L, x.device)
+            # [B, T, H, D] -> [B, H, T, D]
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, is_causal=mask is None and T > 1,
+                                               scale=self.scale).transpose(1, 2)
+        return self.o_proj(o.reshape(B, T, H * self.v_head_dim))
+
+    def _padded_attention(self, q, k, v, index, valid):
+        """Causal attention within each packed sequence: the sequences are gathered into right-padded
+        rows [N, L] (`model.batch.padded_index`; a causal mask then never lets a real token see a pad),
+        attended as a batch, and the real rows gathered back: the cost is N L^2 rather than T^2 for a
+        packed row of T tokens, and no [T, T] mask is built."""
+        rows = [torch.cat([t[0], t.new_zeros(1, *t.shape[2:])])[index].transpose(1, 2) for t in (q, k, v)]
+        o = F.scaled_dot_product_attention(*rows, is_causal=True, scale=self.scale)   # [N, H, L, Dv]
+        return o.transpose(1, 2)[valid][None]                                        # [1, T, H, Dv]

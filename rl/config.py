@@ -179,6 +179,7 @@ class LearnerSection:
     micro_batch_tokens: int = 4096
     num_workers: int = 1
     bf16: bool = False
+    threads: int | None = None  # torch CPU threads of a learner actor; None: Ray's (the actor's num_cpus)
 
 
 @dataclass
@@ -613,6 +614,7 @@ def _check_learner(l: LearnerSection, c: _Checker):
     c.at_least("learner.warmup_steps", l.warmup_steps, 0)
     c.at_least("learner.micro_batch_tokens", l.micro_batch_tokens, 1)
     c.at_least("learner.num_workers", l.num_workers, 1)
+    c.at_least("learner.threads", l.threads, 1)
 
 
 def _check_ray(r: RaySection, c: _Checker):

@@ -17,27 +17,27 @@ from .samples import RolloutBatch, micro_batches, pad_right
 
 def response_logprobs(model, prompt_ids, response_ids, temperature, with_entropy=False):
     """Pack (prompt + response) sequences into one row; return per-response-token logprobs [B, T]
-    (and entropies) of log_softmax(logits / temperature), the rollout engine's sampling distribution."""
+    (and entropies) of log_softmax(logits / temperature), the rollout engine's sampling distribution.
+    Padding (past each response) is 0."""
     device = next(model.parameters()).device
-    seqs = [p + r for p, r in zip(prompt_ids, response_ids)]
-    ids = torch.tensor([t for s in seqs for t in s], device=device)[None]
-    lengths = torch.tensor([len(s) for s in seqs])
-    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(device=device, dtype=torch.int32)
-    logits = model(ids, cu_seqlens=cu).logits[0].float() / temperature          # [total, V]
-    logp_rows, ent_rows = [], []
-    for start, p, r in zip(cu[:-1].tolist(), prompt_ids, response_ids):
-        # response token j sits at start + len(p) + j and is predicted at the position before it
-        rows = logits[start + len(p) - 1: start + len(p) - 1 + len(r)]
-        targets = torch.tensor(r, device=device)
-        logp_rows.append(rows.log_softmax(-1).gather(1, targets[:, None])[:, 0])
-        if with_entropy:
-            ent_rows.append(entropy_from_logits(rows))
-    return _pad(logp_rows), (_pad(ent_rows) if with_entropy else None)
-
-
-def _pad(rows):
-    width = max(1, max(len(r) for r in rows))
-    return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+    ids = torch.tensor([t for p, r in zip(prompt_ids, response_ids) for t in (*p, *r)], device=device)[None]
+    p_len = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    r_len = torch.tensor([len(r) for r in response_ids], dtype=torch.long)
+    lengths = p_len + r_len
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    logits = model(ids, cu_seqlens=cu.to(device=device, dtype=torch.int32)).logits[0]      # [total, V]
+    # response token j of sequence b sits at cu[b] + len(p_b) + j and is predicted one position earlier
+    width = max(1, int(r_len.max()) if r_len.numel() else 0)
+    j = torch.arange(width)
+    valid = j[None, :] < r_len[:, None]                                                      # [B, T]
+    token_pos = torch.where(valid, (cu[:-1] + p_len)[:, None] + j[None, :], 0)
+    valid, token_pos = valid.to(device), token_pos.to(device)
+    rows = logits[token_pos - 1 + (~valid).long()].float() / temperature                      # [B, T, V]
+    targets = torch.where(valid, ids[0][token_pos], 0)
+    logp = rows.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    logp = torch.where(valid, logp, 0.0)
+    entropy = torch.where(valid, entropy_from_logits(rows), 0.0) if with_entropy else None
+    return logp, entropy
 
 
 class Learner:
@@ -48,6 +48,7 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         import model as _register_kimi_linear  # noqa: F401
+        threads = threads or getattr(cfg_learner, "threads", None)
         if threads:
             torch.set_num_threads(threads)
         self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature
@@ -144,8 +145,12 @@ class Learner:
 
     # --- weights and checkpoints ------------------------------------------------------------------
     def named_weights(self) -> dict:
-        """The policy's tensors under checkpoint names, on the CPU, for the rollout engines."""
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        """The policy's tensors under checkpoint names, on the CPU, for the rollout engines.
+
+        Each tensor gets its own storage: DeepSpeed's ZeRO optimizer makes the parameters views into
+        one flat buffer, and pickling a view (Ray's object store) writes the whole buffer, once per tensor."""
+        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
+                for k, v in self.model.state_dict().items()}
 
     def weight_ipc_handles(self) -> bytes:
         """CUDA IPC handles of the policy's tensors, pickled, for a rollout engine on the same GPU: it maps

@@ -28,10 +28,12 @@ class RolloutBatch:
 
 def pad_right(rows: list[list[float]], value=0.0, dtype=torch.float32) -> torch.Tensor:
     """Lists of different lengths -> [B, max_len] tensor padded with `value`."""
-    width = max((len(r) for r in rows), default=0)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max()) if len(rows) else 0
     out = torch.full((len(rows), max(width, 1)), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    flat = [x for r in rows for x in r]
+    if flat:      # one scatter of all values into the positions j < len(row)
+        out[torch.arange(out.shape[1])[None, :] < lengths[:, None]] = torch.tensor(flat, dtype=dtype)
     return out
 
 

@@ -98,3 +98,22 @@ def test_bad_shapes_name_the_argument():
         chunk_kda(q, k, v, g, beta, initial_state=h0[:1])
     with pytest.raises(ValueError, match="cu_seqlens"):
         chunk_kda(q, k, v, g, beta, cu_seqlens=torch.tensor([0, 10], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_short_packed_sequences_without_initial_state(with_state):
+    """The RL learner's case: many short packed sequences, one chunk each, from a zero state."""
+    lengths = [7, 11, 3, 1, 9]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    q, k, v, g, beta, _ = kda_inputs(B=1, T=sum(lengths), H=2, K=8, V=4, num_states=len(lengths))
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, g, beta)]
+    results = []
+    for fn in (naive_recurrent_kda, chunk_kda_torch):
+        o, s = fn(*leaves, output_final_state=with_state, cu_seqlens=cu)
+        loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() + (s.sum() if with_state else 0)
+        results.append((o, s, torch.autograd.grad(loss, leaves)))
+    (o_ref, s_ref, g_ref), (o, s, grads) = results
+    assert rel_err(o, o_ref) < TOL
+    assert (s is None) == (not with_state) and (not with_state or rel_err(s, s_ref) < TOL)
+    for name, a, b in zip(["q", "k", "v", "g", "beta"], grads, g_ref):
+        assert rel_err(a, b) < TOL, name

@@ -12,6 +12,11 @@ system (all terms per head):
 
 U, W and the two intra-chunk matrices need no state, so they are computed for every chunk at once;
 only the short state recurrence across chunks is sequential. Autograd differentiates all of it.
+
+The pairwise decays exp(G_i - G_j) are formed exactly (never as exp(G_i) * exp(-G_j), which
+overflows for strong decays), so the [C, C, K] tensor per chunk and head is the main cost: packed
+batches of short sequences (RL responses) are therefore gathered into a padded [N, L] layout with
+a chunk just long enough for the longest sequence.
 """
 import torch
 
@@ -28,23 +33,48 @@ def _pad_to_chunks(x, chunk_size):
     return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
 
 
-def _unpack(x, cu_seqlens, max_len):
-    """Packed [1, T, ...] -> padded [N, max_len, ...]."""
-    bounds = cu_seqlens.tolist()
-    out = x.new_zeros(len(bounds) - 1, max_len, *x.shape[2:])
-    for n in range(len(bounds) - 1):
-        out[n, : bounds[n + 1] - bounds[n]] = x[0, bounds[n]: bounds[n + 1]]
-    return out
+def _varlen_layout(cu_seqlens, width):
+    """Gather indices of the padded layout: (index [N, width] into the packed row extended by one zero
+    row at position T, valid [N, width] bool)."""
+    cu = cu_seqlens.long()
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    pos = torch.arange(width, device=cu.device)
+    valid = pos[None, :] < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + pos[None, :], cu[-1])
+    return index, valid
 
 
-def _repack(x, cu_seqlens):
-    """Padded [N, max_len, ...] -> packed [1, T, ...]."""
-    bounds = cu_seqlens.tolist()
-    return torch.cat([x[n, : bounds[n + 1] - bounds[n]] for n in range(len(bounds) - 1)])[None]
+def _unpack(x, index):
+    """Packed [1, T, ...] -> padded [N, width, ...] (zeros after each sequence), by one gather."""
+    rows = torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])                 # [T + 1, ...]
+    return rows[index]
 
 
-def _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size):
-    """Dense batch, T a multiple of chunk_size. q, k, g: [B, T, H, K]; v: [B, T, H, V]."""
+def _repack(x, valid):
+    """Padded [N, width, ...] -> packed [1, T, ...]: the valid rows in order."""
+    return x[valid][None]
+
+
+def _intra_chunk(q, k, G, beta):
+    """A (strictly lower, times beta_i) and Aqk (lower with the diagonal): [..., C, C] each.
+
+    With D[i, j, c] = exp(G_i[c] - G_j[c]) (zero above the diagonal) and kD[i, j, c] = D[i, j, c] k_j[c],
+    row i of A is kD[i] @ k_i and row i of Aqk is kD[i] @ q_i: one elementwise product over the
+    [C, C, K] block and one batched matrix-vector product for both."""
+    C = G.shape[-2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    diff = G[..., :, None, :] - G[..., None, :, :]                          # [..., C, C, K]
+    decay = torch.where(causal[:, :, None], diff, diff.new_tensor(float("-inf"))).exp()
+    kD = decay * k[..., None, :, :]                                         # [..., i, j, K]
+    both = kD @ torch.stack([k, q], dim=-1)                                 # [..., i, j, 2]
+    strict = causal.logical_and(torch.eye(C, dtype=torch.bool, device=G.device).logical_not())
+    A = torch.where(strict, both[..., 0] * beta, 0)
+    return A, both[..., 1]
+
+
+def _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size, need_state=True):
+    """Dense batch, T a multiple of chunk_size. q, k, g: [B, T, H, K]; v: [B, T, H, V].
+    Returns (o, final state), the state None when not need_state and there is one chunk."""
     B, T, H, K = q.shape
     V, C = v.shape[-1], chunk_size
     NC = T // C
@@ -53,19 +83,21 @@ def _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size):
     beta = beta.reshape(B, NC, C, H).permute(0, 3, 1, 2)[..., None]        # [B, H, NC, C, 1]
 
     G = g.cumsum(dim=-2)                                                    # [B, H, NC, C, K]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    # exp(G_i - G_j) for j <= i, zero above the diagonal: [B, H, NC, C, C, K]
-    diff = G[..., :, None, :] - G[..., None, :, :]
-    decay = torch.where(causal[:, :, None], diff, diff.new_tensor(float("-inf"))).exp()
-
-    A = torch.einsum("...ic,...jc,...ijc->...ij", k, k, decay) * beta
-    A = A.masked_fill(causal.logical_not().logical_or(torch.eye(C, dtype=torch.bool, device=q.device)), 0)
-    Aqk = torch.einsum("...ic,...jc,...ijc->...ij", q, k, decay)            # [B, H, NC, C, C]
+    A, Aqk = _intra_chunk(q, k, G, beta)                                    # [B, H, NC, C, C]
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    U = torch.linalg.solve_triangular(eye + A, beta * v, upper=False, unitriangular=True)
-    W = torch.linalg.solve_triangular(eye + A, beta * k * G.exp(), upper=False, unitriangular=True)
+    G_exp = G.exp()
+    rhs = torch.cat([beta * v, beta * k * G_exp], dim=-1)                  # [B, H, NC, C, V + K]
+    UW = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+    U, W = UW[..., :V], UW[..., V:]
 
-    q_decayed = q * G.exp() * scale                                         # [B, H, NC, C, K]
+    Aqk = Aqk * scale
+    if NC == 1 and initial_state is None:       # one chunk from a zero state: no recurrence
+        o = Aqk[:, :, 0] @ U[:, :, 0]                                       # [B, H, C, V]
+        state = None
+        if need_state:
+            state = (k[:, :, 0] * (G[:, :, 0, -1:, :] - G[:, :, 0]).exp()).transpose(-1, -2) @ U[:, :, 0]
+        return o.permute(0, 2, 1, 3), state
+    q_decayed = q * G_exp * scale                                           # [B, H, NC, C, K]
     k_to_end = k * (G[..., -1:, :] - G).exp()                               # [B, H, NC, C, K]
     chunk_decay = G[..., -1, :].exp()                                       # [B, H, NC, K]
 
@@ -73,7 +105,7 @@ def _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size):
     outputs = []
     for n in range(NC):
         u = U[:, :, n] - W[:, :, n] @ state                                 # [B, H, C, V]
-        outputs.append(q_decayed[:, :, n] @ state + (Aqk[:, :, n] * scale) @ u)
+        outputs.append(q_decayed[:, :, n] @ state + Aqk[:, :, n] @ u)
         state = chunk_decay[:, :, n, :, None] * state + k_to_end[:, :, n].transpose(-1, -2) @ u
     o = torch.stack(outputs, dim=2)                                         # [B, H, NC, C, V]
     return o.permute(0, 2, 3, 1, 4).reshape(B, T, H, V), state
@@ -84,8 +116,9 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
                     A_log=None, dt_bias=None, chunk_size=None):
     """Chunkwise KDA (chunk_kda contract) in PyTorch; differentiable in every input.
 
-    chunk_size defaults to 64, or to the next power of two (at least 16) above the longest sequence
-    when all are shorter: the result is the same, and short RL responses do not pay for 64-token chunks.
+    chunk_size defaults to 64, or to the longest sequence's length when all are shorter: the result
+    is the same, and short RL responses do not pay for 64-token chunks. Packed sequences
+    (cu_seqlens) are gathered into a padded batch by index and scattered back the same way.
     """
     check_shapes(q, k, v, g, beta, initial_state, cu_seqlens)
     q, k, g = prepare_inputs(q, k, g, use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias)
@@ -95,12 +128,16 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
     q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
 
     max_len = T if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    if cu_seqlens is not None:
-        q, k, v, g, beta = (_unpack(x, cu_seqlens, max_len) for x in (q, k, v, g, beta))
     if chunk_size is None:
-        chunk_size = min(CHUNK_SIZE, max(16, 1 << max(max_len - 1, 1).bit_length()))
-    q, k, v, g, beta = (_pad_to_chunks(x, chunk_size) for x in (q, k, v, g, beta))
+        chunk_size = min(CHUNK_SIZE, max(max_len, 1))
+    if cu_seqlens is not None:
+        width = -(-max(max_len, 1) // chunk_size) * chunk_size
+        index, valid = _varlen_layout(cu_seqlens, width)
+        q, k, v, g, beta = (_unpack(x, index) for x in (q, k, v, g, beta))
+    else:
+        q, k, v, g, beta = (_pad_to_chunks(x, chunk_size) for x in (q, k, v, g, beta))
 
-    o, final_state = _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size)
-    o = _repack(o, cu_seqlens) if cu_seqlens is not None else o[:, :T]
+    o, final_state = _chunk_kda_batched(q, k, v, g, beta, scale, initial_state, chunk_size,
+                                        need_state=output_final_state)
+    o = _repack(o, valid) if cu_seqlens is not None else o[:, :T]
     return o.to(out_dtype), (final_state if output_final_state else None)
