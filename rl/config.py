@@ -177,7 +177,6 @@ class LearnerSection:
     grad_clip: float | None = 1.0
     warmup_steps: int = 0
     micro_batch_tokens: int = 4096
-    num_workers: int = 1
     bf16: bool = False
     threads: int | None = None  # torch CPU threads of a learner actor; None: Ray's (the actor's num_cpus)
 
@@ -613,7 +612,6 @@ def _check_learner(l: LearnerSection, c: _Checker):
     c.above("learner.grad_clip", l.grad_clip, 0)
     c.at_least("learner.warmup_steps", l.warmup_steps, 0)
     c.at_least("learner.micro_batch_tokens", l.micro_batch_tokens, 1)
-    c.at_least("learner.num_workers", l.num_workers, 1)
     c.at_least("learner.threads", l.threads, 1)
 
 
@@ -631,6 +629,9 @@ def _check_together(cfg: RunConfig, c: _Checker):
                             "needs several samples per prompt); use reinforce_pp for n=1")
     if a.overlong_buffer > r.max_tokens:
         c.fail("algorithm.overlong_buffer", f"must be <= rollout.max_tokens ({r.max_tokens})")
+    if r.num_workers > 1 and cfg.ray.placement == "colocated":
+        c.fail("rollout.num_workers", "must be 1 with ray.placement=colocated (one engine shares the learner's "
+                                      "bundle); use ray.placement=split for more engines")
     if a.mini_batches > r.prompts_per_step * r.n:
         c.fail("algorithm.mini_batches", f"must be <= the samples per step, rollout.prompts_per_step "
                                          f"* rollout.n ({r.prompts_per_step * r.n})")

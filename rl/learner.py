@@ -79,9 +79,38 @@ class Learner:
 
     # --- the step ---------------------------------------------------------------------------------
     def train_step(self, batch: RolloutBatch) -> dict:
-        """One on-policy update: old logprobs are the current policy's (ratio starts at 1); the rollout
-        engine's logprobs feed truncated importance sampling."""
+        """One RL step: `algorithm.ppo_epochs` passes over the batch, each split into
+        `algorithm.mini_batches` optimizer steps. With a single update the old logprobs are the current
+        policy's (the ratio starts at 1); with more, they are computed once before the first update.
+        The rollout engine's logprobs feed truncated importance sampling."""
         self.model.train()
+        algo = self.algo
+        if algo.ppo_epochs * algo.mini_batches > 1:
+            batch.old_logprobs = self._current_logprobs(batch)
+        order = torch.Generator().manual_seed(self.scheduler.last_epoch)   # mini-batch shuffle, resumable
+        totals, updates = {}, 0
+        for _ in range(algo.ppo_epochs):
+            perm = torch.randperm(batch.size, generator=order) if algo.mini_batches > 1 else torch.arange(batch.size)
+            for part in perm.tensor_split(algo.mini_batches):
+                for k, v in self._update(batch.subset(sorted(part.tolist()))).items():
+                    totals[k] = totals.get(k, 0.0) + v
+                updates += 1
+        metrics = {k: v / updates for k, v in totals.items()}
+        metrics.update({"actor/lr": self.scheduler.get_last_lr()[0], "actor/updates": float(updates)})
+        return metrics
+
+    @torch.no_grad()
+    def _current_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """The policy's logprobs of every response token now, [B, T] like batch.mask."""
+        out = torch.zeros_like(batch.mask, dtype=torch.float32)
+        for index in micro_batches(batch, self.cfg.micro_batch_tokens):
+            micro = batch.subset(index)
+            logp, _ = response_logprobs(self.model, micro.prompt_ids, micro.response_ids, self.temperature)
+            out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])[None, :]] = logp.float().cpu()
+        return out
+
+    def _update(self, batch: RolloutBatch) -> dict:
+        """Gradients of the loss over `batch` (in token-budget micro-batches), then one optimizer step."""
         algo = self.algo
         index_groups = micro_batches(batch, self.cfg.micro_batch_tokens)
         total_units = aggregation_units(batch.mask, algo.loss_aggregation)
@@ -93,7 +122,8 @@ class Learner:
             T = logp.shape[1]
             mask, adv = micro.mask[:, :T].to(logp.device), micro.advantages[:, :T].to(logp.device)
             rollout_lp = micro.rollout_logprobs[:, :T].to(logp.device)
-            loss, stats = policy_loss(logp, logp.detach(), adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+            old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs[:, :T].to(logp.device)
+            loss, stats = policy_loss(logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
                                       aggregation=algo.loss_aggregation, max_len=T,
                                       rollout_logprobs=rollout_lp, tis_cap=algo.tis_cap)
             stats["entropy"] = masked_mean(entropy.detach(), mask)
@@ -110,10 +140,8 @@ class Learner:
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * share
             weight_sum += share
-        grad_norm = self._step()
         metrics = {f"actor/{k}": v / max(weight_sum, 1e-12) for k, v in stats_sum.items()}
-        metrics.update({"actor/grad_norm": grad_norm, "actor/lr": self.scheduler.get_last_lr()[0],
-                        "actor/micro_batches": float(len(index_groups))})
+        metrics.update({"actor/grad_norm": self._step(), "actor/micro_batches": float(len(index_groups))})
         return metrics
 
     def _backward(self, loss):

@@ -14,6 +14,7 @@ class RolloutBatch:
     group_ids: torch.Tensor             # [B] samples of one prompt share an id
     truncated: torch.Tensor             # [B] bool: stopped by max_tokens
     advantages: torch.Tensor | None = None   # [B, T]
+    old_logprobs: torch.Tensor | None = None  # [B, T] the policy's before this step's first update (PPO epochs)
 
     @property
     def size(self) -> int:
@@ -21,9 +22,19 @@ class RolloutBatch:
 
     def subset(self, index: list[int]) -> "RolloutBatch":
         pick = torch.tensor(index, dtype=torch.long)
+        rows = lambda t: None if t is None else t[pick]  # noqa: E731
         return RolloutBatch([self.prompt_ids[i] for i in index], [self.response_ids[i] for i in index],
                             self.rollout_logprobs[pick], self.mask[pick], self.group_ids[pick], self.truncated[pick],
-                            None if self.advantages is None else self.advantages[pick])
+                            rows(self.advantages), rows(self.old_logprobs))
+
+
+def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """One batch from several (dynamic sampling's rounds), re-padded to the longest response."""
+    responses = [r for b in batches for r in b.response_ids]
+    logprobs = [b.rollout_logprobs[i, : len(b.response_ids[i])].tolist() for b in batches for i in range(b.size)]
+    return RolloutBatch([p for b in batches for p in b.prompt_ids], responses, pad_right(logprobs),
+                        pad_right([[1.0] * len(r) for r in responses]),
+                        torch.cat([b.group_ids for b in batches]), torch.cat([b.truncated for b in batches]))
 
 
 def pad_right(rows: list[list[float]], value=0.0, dtype=torch.float32) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """The RL loop: rollout -> rewards -> advantages -> learner step -> weight sync, with logs and checkpoints.
 
-The rollout engine and the learner are Ray actors in one placement group (colocated) or two (split);
+The rollout engines and the learner are Ray actors in one placement group: colocated (one bundle, one
+engine beside the learner) or split (a bundle each, any number of engines);
 this driver holds only the prompts, the rewards and the bookkeeping.
 """
 import os
 import random
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from rl.monitor import Monitor, plot_run, progress
 from rollout import SamplingParams
 
 from . import checkpoint as ckpt
-from .samples import batch_from_completions
+from .samples import batch_from_completions, concat_batches
 
 
 class _Stop:
@@ -81,12 +83,15 @@ class PromptStream:
 
     def __init__(self, rows, seed: int, shuffle: bool, position: int = 0):
         self.rows, self.seed, self.shuffle, self.position = rows, seed, shuffle, position
+        self._epoch_order = (None, [])
 
     def _order(self, epoch):
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        if self._epoch_order[0] != epoch:          # one shuffle per epoch, not per prompt taken
+            order = list(range(len(self.rows)))
+            if self.shuffle:
+                random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._epoch_order = (epoch, order)
+        return self._epoch_order[1]
 
     def take(self, n: int) -> list[dict]:
         out = []
@@ -100,7 +105,7 @@ class PromptStream:
 def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int):
     """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors.
 
-    Returns (rollout actor, learner actor, whether the two share one GPU)."""
+    Returns (rollout actors, learner actor, whether an engine shares the learner's GPU)."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -114,10 +119,12 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
                  num_gpus=None if address else cfg.ray.num_gpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     gpus = 1 if torch.cuda.is_available() or (cfg.ray.num_gpus or 0) > 0 else 0
-    if cfg.ray.placement == "colocated":   # one bundle, the two actors share it (and its GPU)
-        bundles, where, share = [{"CPU": 2, **({"GPU": gpus} if gpus else {})}], (0, 0), 0.5
-    else:                                    # one bundle each
-        bundles, where, share = [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * 2, (0, 1), 1.0
+    engines = cfg.rollout.num_workers
+    if cfg.ray.placement == "colocated":   # one bundle: one engine and the learner share it (and its GPU)
+        bundles, rollout_at, learner_at, share = [{"CPU": 2, **({"GPU": gpus} if gpus else {})}], [0], 0, 0.5
+    else:                                    # a bundle per engine, then the learner's
+        bundles = [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * (engines + 1)
+        rollout_at, learner_at, share = list(range(engines)), engines, 1.0
     group = placement_group(bundles, strategy="PACK")
     ray.get(group.ready())
     strategy = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
@@ -127,22 +134,45 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
                               enforce_eager=cfg.rollout.enforce_eager)
     else:
         rollout_kwargs.update(dtype=cfg.model.dtype)
-    rollout = rollout_actor_class(num_cpus=1, num_gpus=gpus * share).options(
-        scheduling_strategy=strategy(where[0])).remote(cfg.rollout.engine, policy_path, **rollout_kwargs)
+    actor = rollout_actor_class(num_cpus=1, num_gpus=gpus * share)
+    rollouts = [actor.options(scheduling_strategy=strategy(i)).remote(cfg.rollout.engine, policy_path, **rollout_kwargs)
+                for i in rollout_at]
     learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
-        scheduling_strategy=strategy(where[1])).remote(
+        scheduling_strategy=strategy(learner_at)).remote(
         policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
         cfg.model.gradient_checkpointing)
-    return rollout, learner, bool(gpus) and cfg.ray.placement == "colocated"
+    return rollouts, learner, bool(gpus) and cfg.ray.placement == "colocated"
 
 
-def sync_weights(cfg, ray, rollout, learner, shared_gpu: bool):
-    """New policy weights into the rollout engine: CUDA IPC handles when vLLM shares the learner's GPU
-    (device-to-device, nothing through host memory), the Ray object store otherwise."""
+def generate(ray, rollouts, prompt_ids, params):
+    """Completions for every prompt, the prompts split into contiguous shards, one per engine (each with
+    its own sampling seed); returned ordered by prompt, then sample, as one engine would."""
+    shards = _contiguous(len(prompt_ids), len(rollouts))
+    seeded = lambda i: params if params.seed is None else replace(params, seed=params.seed + i)  # noqa: E731
+    futures = [w.generate.remote([prompt_ids[j] for j in shard], seeded(i))
+               for i, (w, shard) in enumerate(zip(rollouts, shards)) if len(shard)]
+    out = []
+    for shard, completions in zip([s for s in shards if len(s)], ray.get(futures)):
+        out += [replace(c, prompt_index=c.prompt_index + shard.start) for c in completions]
+    return out
+
+
+def _contiguous(n, parts):
+    """(start, stop) ranges splitting range(n) into `parts` near-equal contiguous pieces."""
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def sync_weights(cfg, ray, rollouts, learner, shared_gpu: bool):
+    """New policy weights into every rollout engine: CUDA IPC handles when vLLM shares the learner's GPU
+    (device-to-device, nothing through host memory), the Ray object store otherwise (one copy put,
+    every engine reads it)."""
     if shared_gpu and cfg.rollout.engine == "vllm":
-        ray.get(rollout.update_weights_from_ipc.remote(learner.weight_ipc_handles.remote()))
+        payload = learner.weight_ipc_handles.remote()
+        ray.get([w.update_weights_from_ipc.remote(payload) for w in rollouts])
     else:
-        ray.get(rollout.update_weights.remote(learner.named_weights.remote()))
+        weights = learner.named_weights.remote()
+        ray.get([w.update_weights.remote(weights) for w in rollouts])
 
 
 def score(cfg, tokenizer, rows, completions, specs):
@@ -153,7 +183,7 @@ def score(cfg, tokenizer, rows, completions, specs):
     return texts, batch
 
 
-def collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics):
+def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
     """Generate for one step's prompts; with dynamic sampling, drop groups whose rewards are all equal
     and refill with new prompts (at most 4 rounds). Returns (rollout batch, rewards tensor, rows)."""
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -167,7 +197,7 @@ def collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics):
         rows = stream.take(wanted)
         prompt_ids = [tokenizer(r["prompt"]).input_ids for r in rows]
         t0 = time.perf_counter()
-        completions = ray.get(rollout.generate.remote(prompt_ids, params))
+        completions = generate(ray, rollouts, prompt_ids, params)
         t_gen += time.perf_counter() - t0
         tokens += sum(len(c.token_ids) for c in completions)
         t0 = time.perf_counter()
@@ -191,7 +221,7 @@ def collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics):
         kept_rows += rows
         wanted -= len(index) // cfg.rollout.n
         rounds += 1
-    batch = _concat(kept_batches)
+    batch = concat_batches(kept_batches)
     metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward,
                     "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
                     "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds)})
@@ -202,15 +232,6 @@ def collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics):
     for k, v in failures.items():
         metrics[f"reward_fail/{k}"] = float(v)
     return batch, torch.cat(kept_rewards) if kept_rewards else torch.zeros(0)
-
-
-def _concat(batches):
-    from .samples import RolloutBatch, pad_right
-    prompt_ids = [p for b in batches for p in b.prompt_ids]
-    responses = [r for b in batches for r in b.response_ids]
-    logprobs = [b.rollout_logprobs[i, : len(b.response_ids[i])].tolist() for b in batches for i in range(b.size)]
-    return RolloutBatch(prompt_ids, responses, pad_right(logprobs), pad_right([[1.0] * len(r) for r in responses]),
-                        torch.cat([b.group_ids for b in batches]), torch.cat([b.truncated for b in batches]))
 
 
 def advantages_for(cfg, batch, rewards, ref_logprobs):
@@ -248,7 +269,7 @@ def train(cfg: RunConfig) -> Path:
     specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
 
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
-    rollout, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
+    rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
     if resume_from:
         ray.get(learner.load.remote(str(resume_from)))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
@@ -257,11 +278,8 @@ def train(cfg: RunConfig) -> Path:
     bar = progress(cfg.run.steps, cfg.run.progress_bar, initial=state["step"])
     _Stop.install()
 
-    def generate(prompt_ids, params):
-        return ray.get(rollout.generate.remote(prompt_ids, params))
-
     def run_eval(step):
-        metrics = evaluate(generate, tokenizer, eval_rows, specs, cfg.rollout.max_tokens, cfg.rollout.eval_n,
+        metrics = evaluate(lambda ids, params: generate(ray, rollouts, ids, params), tokenizer, eval_rows, specs, cfg.rollout.max_tokens, cfg.rollout.eval_n,
                            cfg.rollout.temperature, seed=cfg.run.seed)
         monitor.log(step, metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -274,13 +292,13 @@ def train(cfg: RunConfig) -> Path:
         step += 1
         t_step = time.perf_counter()
         metrics = {}
-        batch, rewards = collect(cfg, ray, rollout, tokenizer, stream, specs, step, metrics)
+        batch, rewards = collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics)
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
             continue
         if shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
             t0 = time.perf_counter()
-            ray.get(rollout.sleep.remote())
+            ray.get([w.sleep.remote() for w in rollouts])
             metrics["time/offload_s"] = time.perf_counter() - t0
         ref = ray.get(learner.reference_logprobs.remote(batch)) if cfg.algorithm.kl_mode == "reward" else None
         batch.advantages = advantages_for(cfg, batch, rewards, ref)
@@ -291,8 +309,8 @@ def train(cfg: RunConfig) -> Path:
             metrics["time/train_s"]
         t0 = time.perf_counter()
         if shared_gpu:
-            ray.get(rollout.wake_up.remote())
-        sync_weights(cfg, ray, rollout, learner, shared_gpu)
+            ray.get([w.wake_up.remote() for w in rollouts])
+        sync_weights(cfg, ray, rollouts, learner, shared_gpu)
         metrics["time/sync_s"] = time.perf_counter() - t0
         lengths = batch.mask.sum(1)
         metrics.update({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1

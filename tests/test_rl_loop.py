@@ -54,6 +54,17 @@ def test_three_steps_through_ray_with_a_failing_reward(tmp_path):
     assert json.loads((run_dir / "final" / "policy" / "config.json").read_text())["model_type"] == "kimi_linear"
 
 
+def test_split_placement_with_two_engines_and_ppo_epochs(tmp_path):
+    """Two rollout actors share each step's prompts; the learner takes ppo_epochs x mini_batches steps."""
+    proc = run_rl([*SMALL, "run.steps=2", "run.eval_every=2", f"run.output_dir={tmp_path}", "ray.placement=split",
+                   "ray.num_cpus=4", "rollout.num_workers=2", "rollout.prompts_per_step=5",
+                   "algorithm.ppo_epochs=2", "algorithm.mini_batches=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = metrics_by_step(run_dir_of(proc.stdout))
+    assert all(steps[s]["actor/updates"] == 4.0 for s in (1, 2))
+    assert steps[2]["data/position"] == 10.0 and "eval/greedy_accuracy" in steps[2]
+
+
 def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path):
     args = [*SMALL, "run.steps=5", "run.save_every=1", "run.eval_every=0", f"run.output_dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "run_rl.py", "--config", "configs/tiny_cpu.yaml", *args], cwd=ROOT,

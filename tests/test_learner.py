@@ -1,0 +1,55 @@
+"""The learner's update schedule: one update per step by default, PPO epochs x mini-batches when asked,
+with the old logprobs frozen before the first update (torch backend, in-process)."""
+import torch
+
+from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from rl.config import AlgorithmSection, LearnerSection
+from rl.learner import Learner, response_logprobs
+from rl.samples import RolloutBatch, pad_right
+
+
+def make_checkpoint(path):
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    KimiLinearForCausalLM(tiny_config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(path)
+    return str(path)
+
+
+def make_batch(model, n=8):
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(4, 60, (int(torch.randint(3, 7, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(n)]
+    responses = [torch.randint(4, 60, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
+                 for _ in range(n)]
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, prompts, responses, 1.0)
+    mask = pad_right([[1.0] * len(r) for r in responses])
+    batch = RolloutBatch(prompts, responses, logp, mask, torch.arange(n) // 4, torch.zeros(n, dtype=torch.bool))
+    batch.advantages = torch.randn(n, 1, generator=gen) * mask
+    return batch
+
+
+def learner(path, **algo):
+    return Learner(path, LearnerSection(backend="torch", lr=1e-2), AlgorithmSection(**algo), temperature=1.0,
+                   total_steps=10)
+
+
+def test_one_update_per_step_by_default_with_ratio_one(tmp_path):
+    actor = learner(make_checkpoint(tmp_path / "m"))
+    metrics = actor.train_step(make_batch(actor.model))
+    assert metrics["actor/updates"] == 1.0
+    assert abs(metrics["actor/ratio_mean"] - 1.0) < 1e-6 and metrics["actor/clip_frac"] == 0.0
+
+
+def test_ppo_epochs_and_mini_batches_take_that_many_steps_against_frozen_old_logprobs(tmp_path):
+    actor = learner(make_checkpoint(tmp_path / "m"), ppo_epochs=2, mini_batches=2)
+    batch = make_batch(actor.model)
+    before = {k: v.clone() for k, v in actor.model.state_dict().items()}
+    metrics = actor.train_step(batch)
+    assert metrics["actor/updates"] == 4.0
+    assert actor.scheduler.last_epoch == 4                     # four optimizer steps
+    assert any(not torch.equal(before[k], v) for k, v in actor.model.state_dict().items())
+    # the old logprobs were the policy's before the first update, so later updates see ratios != 1
+    assert batch.old_logprobs is not None
+    assert torch.allclose(batch.old_logprobs * batch.mask, batch.rollout_logprobs * batch.mask, atol=1e-5)
+    assert metrics["actor/ratio_max"] > 1.0 + 1e-4
