@@ -51,6 +51,9 @@ class KimiMLAAttention(nn.Module):
         if layout.cache is not None:
             latent, k_pe = layout.cache.update_mla(self.layer_idx, latent, k_pe)
         L = latent.shape[1]
+        if layout.cache is not None and T == 1:        # a decode step: attend in the latent space
+            o = self._latent_attention(q, latent, k_pe, self._mask(layout, T, L, x.device))
+            return self.o_proj(o.reshape(B, T, H * self.v_head_dim))
         kv = self.kv_b_proj(latent).view(B, L, H, self.nope_dim + self.v_head_dim)
         k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(B, L, H, self.rope_dim)], dim=-1)
@@ -68,6 +71,25 @@ class KimiMLAAttention(nn.Module):
                                                attn_mask=mask, is_causal=mask is None and T > 1,
                                                scale=self.scale).transpose(1, 2)
         return self.o_proj(o.reshape(B, T, H * self.v_head_dim))
+
+    def _latent_attention(self, q, latent, k_pe, mask):
+        """Attention of a few new tokens over the cached latents without expanding per-head keys and
+        values for the whole context: the key up-projection folds into the query (q_nope W_k . c equals
+        q_nope . W_k c) and the value up-projection applies after the weighted sum of latents. Per step
+        this reads the cache once instead of recomputing L x H x (nope + v) keys and values.
+        q [B, T, H, nope + rope]; latent [B, L, R]; k_pe [B, L, rope]; mask [B or 1, 1, T, L] or None."""
+        H, R = self.num_heads, self.kv_lora_rank
+        w_k, w_v = self.kv_b_proj.weight.view(H, self.nope_dim + self.v_head_dim, R).split(
+            [self.nope_dim, self.v_head_dim], dim=1)                             # [H, nope, R], [H, v, R]
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        q_latent = torch.einsum("bthd,hdr->bhtr", q_nope, w_k)                   # [B, H, T, R]
+        scores = (torch.einsum("bhtr,blr->bhtl", q_latent, latent)
+                  + torch.einsum("bthd,bld->bhtl", q_pe, k_pe)) * self.scale      # [B, H, T, L]
+        if mask is not None:
+            scores = scores.masked_fill(mask.logical_not(), float("-inf"))
+        weights = scores.float().softmax(dim=-1).to(latent.dtype)
+        o_latent = torch.einsum("bhtl,blr->bhtr", weights, latent)               # [B, H, T, R]
+        return torch.einsum("bhtr,hdr->bthd", o_latent, w_v)                     # [B, T, H, v]
 
     def _padded_attention(self, q, k, v, index, valid):
         """Causal attention within each packed sequence: the sequences are gathered into right-padded

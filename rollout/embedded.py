@@ -29,13 +29,16 @@ class _Sequence:
 class EmbeddedEngine:
     """generate / update_weights / sleep / wake_up around a KimiLinearForCausalLM.
 
-    max_batch_size bounds the sequences decoding at once (n samples of a prompt count n times).
+    max_batch_size bounds the sequences decoding at once (n samples of a prompt count n times);
+    max_prefill_tokens bounds the padded prompt tokens prefilled together (at least one prompt), so long
+    prompts join the batch a few at a time instead of all at once.
     """
 
-    def __init__(self, model, tokenizer=None, max_batch_size: int = 64):
+    def __init__(self, model, tokenizer=None, max_batch_size: int = 64, max_prefill_tokens: int = 65536):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
         self.device = next(model.parameters()).device
         self.asleep = False
 
@@ -53,7 +56,8 @@ class EmbeddedEngine:
         done: list[_Sequence] = []
         while waiting or active:
             joining = []
-            while waiting and len(active) + len(joining) * params.n + params.n <= self.max_batch_size:
+            while (waiting and len(active) + len(joining) * params.n + params.n <= self.max_batch_size
+                   and (not joining or self._padded_tokens(joining, waiting[0]) <= self.max_prefill_tokens)):
                 joining.append(waiting.popleft())
             if joining:
                 new_seqs, new_cache, new_logits = self._prefill(joining, params)
@@ -100,6 +104,11 @@ class EmbeddedEngine:
         self.asleep = False
 
     # --- internals -------------------------------------------------------------------------
+    @staticmethod
+    def _padded_tokens(joining, candidate):
+        """Tokens of the left-padded prefill batch if `candidate` joined `joining`."""
+        return (len(joining) + 1) * max(len(ids) for _, ids in (*joining, candidate))
+
     def _prefill(self, prompts, params):
         """Prefill a group of prompts together (left-padded) and fan each out to its n samples."""
         width = max(len(ids) for _, ids in prompts)
@@ -109,7 +118,8 @@ class EmbeddedEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for _, p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in prompts], device=self.device)
         cache = KimiLinearCache(self.model.config)
-        logits = self.model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = self.model(ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1]
         fan_out = torch.arange(len(prompts), device=self.device).repeat_interleave(params.n)
         cache.select(fan_out)
         seqs = [_Sequence(index, j, self._generator(params.seed, index, j)) for index, _ in prompts

@@ -46,10 +46,13 @@ def test_logprobs_equal_the_models_recomputed_logprobs(temperature):
         assert (torch.tensor(c.logprobs) - ref).abs().max() < 1e-5
 
 
-def test_continuous_batching_equals_one_sequence_at_a_time():
+@pytest.mark.parametrize("max_prefill_tokens", [65536, 1])
+def test_continuous_batching_equals_one_sequence_at_a_time(max_prefill_tokens):
+    """Also with a prefill budget so small that prompts join one at a time while others decode."""
     model = make_model()
     params = SamplingParams(n=2, temperature=0.9, max_tokens=24, seed=11)
-    together = EmbeddedEngine(model, max_batch_size=6).generate(prompt_ids(), params)
+    together = EmbeddedEngine(model, max_batch_size=6, max_prefill_tokens=max_prefill_tokens).generate(
+        prompt_ids(), params)
     one_prompt_at_a_time = EmbeddedEngine(model, max_batch_size=2).generate(prompt_ids(), params)
     assert [c.token_ids for c in together] == [c.token_ids for c in one_prompt_at_a_time]
     for a, b in zip(together, one_prompt_at_a_time):
