@@ -38,26 +38,36 @@ def random_prompts(batch, length, seed=0):
     return torch.randint(4, 100, (batch, length), generator=gen).tolist()
 
 
-def vllm_cells(path: str, cells, budget_s: float, result_file: str):
-    """Own process: vLLM holds the GPU until exit."""
+def vllm_cells(path: str, cells, budget_s: float, result_file: str, all_mla: bool):
+    """Own process: vLLM holds the GPU until exit. Results are written after every cell, so a run cut
+    short keeps what it measured. For the all-MLA model, a cell whose sequences cannot all hold their
+    KV cache at once is reported instead of run (vLLM would preempt and recompute, which measures
+    thrashing, not decoding)."""
     from rollout import SamplingParams, VLLMEngine
     engine = VLLMEngine(path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=131072 + 256,
                         enforce_eager=False, enable_sleep_mode=False, max_num_seqs=256,
                         skip_tokenizer_init=True)      # token ids in, token ids out
+    cache = engine.llm.llm_engine.vllm_config.cache_config
+    capacity = (cache.num_gpu_blocks or 0) * cache.block_size          # tokens of KV cache
+    print(f"vLLM KV cache: {cache.num_gpu_blocks} blocks x {cache.block_size} tokens", flush=True)
     engine.generate(random_prompts(4, 256), SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
     start, results = time.perf_counter(), {}
     for batch, length in cells:
+        cell = f"{batch}x{length}"
         if time.perf_counter() - start > budget_s:
-            results[f"{batch}x{length}"] = "skipped (time budget)"
-            continue
-        prompts = random_prompts(batch, length)
-        times = []
-        for new in (1, DECODE_TOKENS + 1):
-            t0 = time.perf_counter()
-            engine.generate(prompts, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
-            times.append(time.perf_counter() - t0)
-        results[f"{batch}x{length}"] = batch * DECODE_TOKENS / max(times[1] - times[0], 1e-9)
-    Path(result_file).write_text(json.dumps(results))
+            results[cell] = "skipped (time budget)"
+        elif all_mla and capacity and batch * (length + DECODE_TOKENS + 1) > capacity:
+            results[cell] = f"KV cache holds {capacity // (length + DECODE_TOKENS + 1)} of {batch} sequences"
+        else:
+            prompts = random_prompts(batch, length)
+            times = []
+            for new in (1, DECODE_TOKENS + 1):
+                t0 = time.perf_counter()
+                engine.generate(prompts, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
+                times.append(time.perf_counter() - t0)
+            results[cell] = batch * DECODE_TOKENS / max(times[1] - times[0], 1e-9)
+        print(f"vLLM {cell}: {results[cell]}", flush=True)
+        Path(result_file).write_text(json.dumps(results))
 
 
 @torch.no_grad()
@@ -93,10 +103,12 @@ def run_model(key, args, tmp):
     params = sum(p.numel() for p in model.parameters()) / 1e6
     result_file = Path(tmp) / f"{key}.json"
     code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
-            f"{str(result_file)!r})")
+            f"{str(result_file)!r}, {all_mla})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    vllm = json.loads(result_file.read_text()) if result_file.exists() else \
-        {f"{b}x{l}": f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}" for b, l in CELLS}
+    print(proc.stdout[-2000:], flush=True)
+    done = json.loads(result_file.read_text()) if result_file.exists() else {}
+    reason = f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}"
+    vllm = {f"{b}x{l}": done.get(f"{b}x{l}", reason) for b, l in CELLS}
     model = model.cuda().eval()
     start, rows = time.perf_counter(), []
     for batch, length in CELLS:
