@@ -49,7 +49,12 @@ def vllm_cells(path: str, cells, budget_s: float, result_file: str, all_mla: boo
                         skip_tokenizer_init=True)      # token ids in, token ids out
     cache = engine.llm.llm_engine.vllm_config.cache_config
     capacity = (cache.num_gpu_blocks or 0) * cache.block_size          # tokens of KV cache
-    print(f"vLLM KV cache: {cache.num_gpu_blocks} blocks x {cache.block_size} tokens", flush=True)
+    if not capacity:     # the engine core (another process) sized the cache: estimate as vLLM does
+        from model import KimiLinearConfig
+        per_token = cache_bytes_per_sequence(KimiLinearConfig.from_pretrained(path), 1, torch.bfloat16)["total"]
+        free = 0.85 * torch.cuda.get_device_properties(0).total_memory - 4 * 2**30   # weights, graphs, activations
+        capacity = int(free // per_token)
+    print(f"vLLM KV cache: about {capacity:,} tokens", flush=True)
     engine.generate(random_prompts(4, 256), SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))  # warm-up
     start, results = time.perf_counter(), {}
     for batch, length in cells:
