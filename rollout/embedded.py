@@ -75,7 +75,8 @@ class EmbeddedEngine:
                 cache, logits = KimiLinearCache(self.model.config), None
                 continue
             index = torch.tensor(keep, device=self.device)
-            cache.select(index)
+            if len(keep) < len(tokens):         # some finished: drop their cache rows (a copy of the cache)
+                cache.select(index)
             feed = tokens[index][:, None]
             logits = self.model(feed, past_key_values=cache, use_cache=True).logits[:, -1]
         done.sort(key=lambda s: (s.prompt_index, s.sample_index))
