@@ -27,6 +27,7 @@ from model import KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config  
 
 DECODE_TOKENS = 64               # D: decode steps timed
 VLLM_PREFILL_TOKENS = 16384      # vLLM's chunked-prefill budget per step (its default on an H100)
+CELLS = [(64, 4096), (256, 4096), (64, 32768), (256, 32768), (64, 131072)]      # (batch, context)
 
 
 def warm_start(batch, length, prefill_tokens):
@@ -42,7 +43,6 @@ def timed_decode(generate, prompts, first):
         generate(prompts, new)
         times.append(time.perf_counter() - t0)
     return max(times[1] - times[0], 1e-9)
-CELLS = [(64, 4096), (256, 4096), (64, 32768), (256, 32768), (64, 131072)]
 
 
 def bench_config(all_mla: bool):

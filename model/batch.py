@@ -25,12 +25,3 @@ def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tenso
         raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but the packed row has {total} tokens")
     return ids[None]
 
-
-def padded_index(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather indices that lay packed sequences out as right-padded rows: (index [N, L] into the
-    packed row extended by one zero row at position T, valid [N, L] bool), L the longest sequence."""
-    cu = cu_seqlens.long()
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    pos = torch.arange(int(lengths.max()) if lengths.numel() else 0, device=cu.device)
-    valid = pos[None, :] < lengths[:, None]
-    return torch.where(valid, starts[:, None] + pos[None, :], cu[-1]), valid

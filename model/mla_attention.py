@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import padded_index
+from kernels.kda import padded_index, to_padded
+
 from .layers import RMSNorm
 
 
@@ -93,9 +94,9 @@ class KimiMLAAttention(nn.Module):
 
     def _padded_attention(self, q, k, v, index, valid):
         """Causal attention within each packed sequence: the sequences are gathered into right-padded
-        rows [N, L] (`model.batch.padded_index`; a causal mask then never lets a real token see a pad),
+        rows [N, L] (`kernels.kda.padded_index`; a causal mask then never lets a real token see a pad),
         attended as a batch, and the real rows gathered back: the cost is N L^2 rather than T^2 for a
         packed row of T tokens, and no [T, T] mask is built."""
-        rows = [torch.cat([t[0], t.new_zeros(1, *t.shape[2:])])[index].transpose(1, 2) for t in (q, k, v)]
+        rows = [to_padded(t, index).transpose(1, 2) for t in (q, k, v)]               # [N, H, L, D]
         o = F.scaled_dot_product_attention(*rows, is_causal=True, scale=self.scale)   # [N, H, L, Dv]
         return o.transpose(1, 2)[valid][None]                                        # [1, T, H, Dv]

@@ -44,13 +44,12 @@ class Learner:
     """Holds the policy (and a frozen reference when KL is on); `train_step` is one policy update."""
 
     def __init__(self, model_path: str, cfg_learner, cfg_algorithm, temperature: float, total_steps: int,
-                 gradient_checkpointing: bool = False, threads: int | None = None):
+                 gradient_checkpointing: bool = False):
         from transformers import AutoModelForCausalLM
 
         import model as _register_kimi_linear  # noqa: F401
-        threads = threads or getattr(cfg_learner, "threads", None)
-        if threads:
-            torch.set_num_threads(threads)
+        if cfg_learner.threads:
+            torch.set_num_threads(cfg_learner.threads)
         self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).train()
@@ -86,7 +85,7 @@ class Learner:
         self.model.train()
         algo = self.algo
         if algo.ppo_epochs * algo.mini_batches > 1:
-            batch.old_logprobs = self._current_logprobs(batch)
+            batch.old_logprobs = self._logprobs(self.model, batch)
         order = torch.Generator().manual_seed(self.scheduler.last_epoch)   # mini-batch shuffle, resumable
         totals, updates = {}, 0
         for _ in range(algo.ppo_epochs):
@@ -100,12 +99,13 @@ class Learner:
         return metrics
 
     @torch.no_grad()
-    def _current_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """The policy's logprobs of every response token now, [B, T] like batch.mask."""
+    def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """`model`'s logprobs of every response token, [B, T] like batch.mask, on the CPU, computed in the
+        same token-budget micro-batches as the update."""
         out = torch.zeros_like(batch.mask, dtype=torch.float32)
         for index in micro_batches(batch, self.cfg.micro_batch_tokens):
             micro = batch.subset(index)
-            logp, _ = response_logprobs(self.model, micro.prompt_ids, micro.response_ids, self.temperature)
+            logp, _ = response_logprobs(model, micro.prompt_ids, micro.response_ids, self.temperature)
             out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])[None, :]] = logp.float().cpu()
         return out
 
@@ -151,25 +151,20 @@ class Learner:
             loss.backward()
 
     def _step(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.engine is not None:
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
             return float(norm) if norm is not None else float("nan")
         clip = self.cfg.grad_clip if self.cfg.grad_clip else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    @torch.no_grad()
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
         """Reference-policy logprobs [B, T] (for KL as a reward penalty), or None when KL is off."""
-        if self.reference is None:
-            return None
-        logp, _ = response_logprobs(self.reference, batch.prompt_ids, batch.response_ids, self.temperature)
-        return logp.cpu()
+        return None if self.reference is None else self._logprobs(self.reference, batch)
 
     # --- weights and checkpoints ------------------------------------------------------------------
     def named_weights(self) -> dict:

@@ -147,18 +147,18 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
 def generate(ray, rollouts, prompt_ids, params):
     """Completions for every prompt, the prompts split into contiguous shards, one per engine (each with
     its own sampling seed); returned ordered by prompt, then sample, as one engine would."""
-    shards = _contiguous(len(prompt_ids), len(rollouts))
+    work = [(i, w, shard) for i, (w, shard) in enumerate(zip(rollouts, _contiguous(len(prompt_ids), len(rollouts))))
+            if len(shard)]
     seeded = lambda i: params if params.seed is None else replace(params, seed=params.seed + i)  # noqa: E731
-    futures = [w.generate.remote([prompt_ids[j] for j in shard], seeded(i))
-               for i, (w, shard) in enumerate(zip(rollouts, shards)) if len(shard)]
+    futures = [w.generate.remote([prompt_ids[j] for j in shard], seeded(i)) for i, w, shard in work]
     out = []
-    for shard, completions in zip([s for s in shards if len(s)], ray.get(futures)):
+    for (_, _, shard), completions in zip(work, ray.get(futures)):
         out += [replace(c, prompt_index=c.prompt_index + shard.start) for c in completions]
     return out
 
 
 def _contiguous(n, parts):
-    """(start, stop) ranges splitting range(n) into `parts` near-equal contiguous pieces."""
+    """Ranges splitting range(n) into `parts` near-equal contiguous pieces."""
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 

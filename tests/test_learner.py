@@ -53,3 +53,14 @@ def test_ppo_epochs_and_mini_batches_take_that_many_steps_against_frozen_old_log
     assert batch.old_logprobs is not None
     assert torch.allclose(batch.old_logprobs * batch.mask, batch.rollout_logprobs * batch.mask, atol=1e-5)
     assert metrics["actor/ratio_max"] > 1.0 + 1e-4
+
+
+def test_reference_logprobs_in_micro_batches_equal_one_packed_pass(tmp_path):
+    actor = Learner(make_checkpoint(tmp_path / "m"), LearnerSection(backend="torch", micro_batch_tokens=12),
+                    AlgorithmSection(kl_coef=0.1, kl_mode="reward"), temperature=1.0, total_steps=10)
+    batch = make_batch(actor.model)
+    with torch.no_grad():
+        whole, _ = response_logprobs(actor.reference, batch.prompt_ids, batch.response_ids, 1.0)
+    ref = actor.reference_logprobs(batch)
+    assert ref.shape == batch.mask.shape
+    assert torch.allclose(ref, whole, atol=1e-6)

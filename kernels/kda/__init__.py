@@ -6,7 +6,7 @@ cu_seqlens int32 [N + 1] with B = 1 for packed variable-length batches; states [
 import torch
 
 from .chunk_torch import chunk_kda_torch
-from .common import kda_gate, l2norm
+from .common import kda_gate, l2norm, padded_index, to_padded
 from .naive import naive_recurrent_kda
 
 
@@ -74,4 +74,5 @@ def _recurrent_with_pool(q, k, v, g, beta, scale, initial_state, output_final_st
     return o, (ht if output_final_state else None)
 
 
-__all__ = ["chunk_kda", "chunk_kda_torch", "fused_recurrent_kda", "naive_recurrent_kda", "kda_gate", "l2norm"]
+__all__ = ["chunk_kda", "chunk_kda_torch", "fused_recurrent_kda", "naive_recurrent_kda", "kda_gate", "l2norm",
+           "padded_index", "to_padded"]

@@ -20,7 +20,7 @@ a chunk just long enough for the longest sequence.
 """
 import torch
 
-from .common import accum_dtype, check_shapes, prepare_inputs
+from .common import accum_dtype, check_shapes, padded_index, prepare_inputs, to_padded
 
 CHUNK_SIZE = 64
 
@@ -31,23 +31,6 @@ def _pad_to_chunks(x, chunk_size):
     if pad == 0:
         return x
     return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
-
-
-def _varlen_layout(cu_seqlens, width):
-    """Gather indices of the padded layout: (index [N, width] into the packed row extended by one zero
-    row at position T, valid [N, width] bool)."""
-    cu = cu_seqlens.long()
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    pos = torch.arange(width, device=cu.device)
-    valid = pos[None, :] < lengths[:, None]
-    index = torch.where(valid, starts[:, None] + pos[None, :], cu[-1])
-    return index, valid
-
-
-def _unpack(x, index):
-    """Packed [1, T, ...] -> padded [N, width, ...] (zeros after each sequence), by one gather."""
-    rows = torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])                 # [T + 1, ...]
-    return rows[index]
 
 
 def _repack(x, valid):
@@ -132,8 +115,8 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
         chunk_size = min(CHUNK_SIZE, max(max_len, 1))
     if cu_seqlens is not None:
         width = -(-max(max_len, 1) // chunk_size) * chunk_size
-        index, valid = _varlen_layout(cu_seqlens, width)
-        q, k, v, g, beta = (_unpack(x, index) for x in (q, k, v, g, beta))
+        index, valid = padded_index(cu_seqlens, width)
+        q, k, v, g, beta = (to_padded(x, index) for x in (q, k, v, g, beta))
     else:
         q, k, v, g, beta = (_pad_to_chunks(x, chunk_size) for x in (q, k, v, g, beta))
 

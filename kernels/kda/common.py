@@ -67,3 +67,22 @@ def check_shapes(q, k, v, g, beta, initial_state, cu_seqlens):
 def accum_dtype(x: torch.Tensor) -> torch.dtype:
     """float64 stays float64 (the oracle); everything else accumulates in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def padded_index(cu_seqlens: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that lay packed sequences out as right-padded rows: (index [N, width] into the
+    packed row extended by one zero row at position T, valid [N, width] bool). width defaults to the
+    longest sequence."""
+    cu = cu_seqlens.long()
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    if width is None:
+        width = int(lengths.max()) if lengths.numel() else 0
+    pos = torch.arange(width, device=cu.device)
+    valid = pos[None, :] < lengths[:, None]
+    return torch.where(valid, starts[:, None] + pos[None, :], cu[-1]), valid
+
+
+def to_padded(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Packed [1, T, ...] -> padded [N, width, ...] (zeros after each sequence), by one gather."""
+    rows = torch.cat([x[0], x.new_zeros(1, *x.shape[2:])])                 # [T + 1, ...]
+    return rows[index]
