@@ -2,6 +2,7 @@
 
     python run_rl.py --config configs/tiny_cpu.yaml [key.sub=value ...]   # train (or resume=RUN_DIR)
     python run_rl.py plot RUN_DIR                                       # PNG curves of a run
+    python run_rl.py summary RUN_DIR [WINDOW]                           # windowed means, markdown
     python run_rl.py demo                                               # the model demo
 
 Without RAY_ADDRESS a local Ray is started; with it (or under `ray job submit`) the job joins the cluster.
@@ -16,6 +17,10 @@ def main(argv=None):
         from rl.monitor import plot_run
         for path in plot_run(argv[1]):
             print(path)
+        return 0
+    if argv[:1] == ["summary"] and len(argv) >= 2:
+        from rl.monitor import summarize_run
+        print(summarize_run(argv[1], *(int(w) for w in argv[2:3])), end="")
         return 0
     if argv[:1] == ["demo"]:
         from model.demo import main as model_demo

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config  # noqa: E402
 
-DECODE_TOKENS = 64               # D: decode steps timed
+DECODE_TOKENS = 128              # D: decode steps timed
 VLLM_PREFILL_TOKENS = 16384      # vLLM's chunked-prefill budget per step (its default on an H100)
 CELLS = [(64, 4096), (256, 4096), (64, 32768), (256, 32768), (64, 131072)]      # (batch, context)
 
@@ -36,13 +36,18 @@ def warm_start(batch, length, prefill_tokens):
 
 
 def timed_decode(generate, prompts, first):
-    """Seconds of DECODE_TOKENS decode steps of the whole batch: t(first + D) - t(first)."""
+    """Tokens/s of DECODE_TOKENS decode steps of the whole batch: B * D / (t(first + D) - t(first)).
+    One untimed run at the cell's shape comes first: kernels compiled or autotuned for a new shape (vLLM's
+    Triton kernels do this on first use) would otherwise land in t(first) and swamp the decode time."""
+    generate(prompts, first)
     times = []
     for new in (first, first + DECODE_TOKENS):
         t0 = time.perf_counter()
         generate(prompts, new)
         times.append(time.perf_counter() - t0)
-    return max(times[1] - times[0], 1e-9)
+    if times[1] <= times[0]:
+        return f"not measurable (t(D1+D) {times[1]:.2f} s <= t(D1) {times[0]:.2f} s)"
+    return len(prompts) * DECODE_TOKENS / (times[1] - times[0])
 
 
 def bench_config(all_mla: bool):
@@ -85,7 +90,7 @@ def vllm_cells(path: str, cells, budget_s: float, result_file: str, all_mla: boo
         else:
             run = lambda prompts, new: engine.generate(  # noqa: E731
                 prompts, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))
-            results[cell] = batch * DECODE_TOKENS / timed_decode(run, random_prompts(batch, length), first)
+            results[cell] = timed_decode(run, random_prompts(batch, length), first)
         print(f"vLLM {cell}: {results[cell]}", flush=True)
         Path(result_file).write_text(json.dumps(results))
 
@@ -102,7 +107,7 @@ def embedded_cell(model, batch, length):
         torch.cuda.synchronize()
 
     first = warm_start(batch, length, engine.max_prefill_tokens)
-    return batch * DECODE_TOKENS / timed_decode(run, prompts, first)
+    return timed_decode(run, prompts, first)
 
 
 def fmt(value):

@@ -11,7 +11,7 @@ import pytest
 
 from rl.config import LogConfig, load_config
 from rl.monitor import (METRICS_FILE, TENSORBOARD_DIR, Monitor, MonitorWarning, format_postfix,
-                        plot_run, progress, read_metrics, smooth)
+                        plot_run, progress, read_metrics, smooth, summarize_run)
 
 NO_TB = {"tensorboard": False}
 
@@ -273,3 +273,17 @@ def test_progress_disabled_is_silent():
     bar.write("x")
     bar.close()
     assert out.getvalue() == ""
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+def test_summary_gives_window_means_and_evaluations(tmp_path):
+    with Monitor(tmp_path, NO_TB, "t") as mon:
+        for step, reward in enumerate([0.1, 0.2, 0.4, 0.8], start=1):
+            mon.log(step, {"reward/mean": reward, "time/step_s": 2.0 * step})
+        mon.log(0, {"eval/greedy_accuracy": 0.25})
+        mon.log(4, {"eval/greedy_accuracy": 0.5})
+    text = summarize_run(tmp_path, window=2)
+    rows = [line for line in text.splitlines() if line.startswith("| 1-2") or line.startswith("| 3-4")]
+    assert rows == ["| 1-2 | 0.150 | 3.00 |", "| 3-4 | 0.600 | 7.00 |"]
+    assert "| 0 | 0.250 |" in text and "| 4 | 0.500 |" in text
