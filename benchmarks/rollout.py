@@ -5,7 +5,8 @@ Decode throughput of a cell (engine, model, batch B, context L) = B * D / (t(L p
 - t(L prompt, D1 new tokens)). Engines prefill in chunks interleaved with decoding (vLLM: 16K tokens a
 step; the embedded engine: its prefill budget), so the first tokens of a run overlap other sequences'
 prefill; D1 = the prefill span in steps plus a margin puts both runs past it, and the difference is D
-steps with all B sequences decoding. Cells that do not fit in memory, or come after the time budget, are
+steps with all B sequences decoding. One untimed run of each cell goes first, so kernels compiled or
+autotuned on first use of a shape do not land in t(D1). Cells that do not fit in memory, or come after the time budget, are
 reported as such. Writes benchmarks/results/rollout_<device>.md.
 
     PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300] [--models hybrid,mla]
