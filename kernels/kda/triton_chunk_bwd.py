@@ -25,16 +25,18 @@ import triton.language as tl
 
 from .triton_blocks import ld_cc, ld_row, ld_rows, st_rows
 from .triton_chunk_fwd import _ld_chunk, _st_chunk
-from .triton_utils import CHUNK, next_pow2
+from .triton_utils import CHUNK, autotune, config, next_pow2, size_bucket
 
 
+@autotune([config(8, 2, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(4, 1, BV=64),
+           config(4, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
     q, k, w, G, Aqk, do,              # [NTOK,H,K] x3 (+G f32), Aqk [NTOK,H,64], do [NTOK,H,V]
     dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V]; dht, dh0 [N,H,K,V]
     cu_seqlens, chunk_offsets,
     scale,
-    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -75,6 +77,8 @@ def _bwd_state_kernel(
         tl.store(dh0 + (i_n * H + i_h) * K * V + p_kv, dS, mask=m_kv)
 
 
+@autotune([config(16, 1, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(8, 1, BV=16)],
+          key=["H", "K", "V"])
 @triton.jit
 def _bwd_inter_kernel(
     q, k, v, beta, G, Tm, h, v_new, do, dh, dv_new,
@@ -158,6 +162,7 @@ def _bwd_inter_kernel(
     tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
 
 
+@autotune([config(8, 1), config(16, 1), config(4, 1)], key=["H", "K", "USE_L2NORM", "USE_GATE"])
 @triton.jit
 def _bwd_intra_kernel(
     q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
@@ -293,8 +298,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
-    BK, BV_full = next_pow2(K), next_pow2(V)
-    BV = min(BV_full, 64)
+    BK = next_pow2(K)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     f32 = dict(device=q.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
@@ -306,11 +310,10 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     # one compiled variant: a missing dht is read as zeros, dh0 always computed
     dh0 = torch.empty(N, H, K, V, **f32)
     dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
-    _bwd_state_kernel[(triton.cdiv(V, BV), N * H)](
+    _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
         qn, kn, w, G, Aqk, do, dh, dv_new, dht, dh0,
         cu_seqlens, chunk_offsets, scale,
-        H=H, K=K, V=V, BK=BK, BV=BV, HAS_DHT=True, STORE_DH0=True,
-        PREC=prec, num_warps=4, num_stages=1,
+        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK, HAS_DHT=True, STORE_DH0=True, PREC=prec,
     )
     dh0 = dh0 if initial_state is not None else None
 
@@ -325,7 +328,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
         dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, BK=BK, BV=BV, PREC=prec, num_warps=8, num_stages=1,
+        H=H, K=K, V=V, BK=BK, PREC=prec,
     )
 
     dq = torch.empty_like(q)
@@ -340,7 +343,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         dq, dk, dg, dbeta, dbias_p, dAlog_p,
         cu_seqlens, chunk_seq, chunk_pos,
         H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
-        HAS_DT_BIAS=dt_bias is not None, PREC=prec, num_warps=4,
+        HAS_DT_BIAS=dt_bias is not None, PREC=prec,
     )
     dA_log = ddt_bias = None
     if use_gate_in_kernel:

@@ -18,9 +18,10 @@ import triton.language as tl
 
 from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_rows, offdiag_blocks, st_cc,
                             st_rows)
-from .triton_utils import CHUNK, next_pow2
+from .triton_utils import CHUNK, autotune, config, next_pow2, size_bucket
 
 
+@autotune([config(8, 1), config(4, 1)], key=["H", "K", "V", "USE_L2NORM", "USE_GATE"])
 @triton.jit
 def _fwd_intra_kernel(
     q, k, v, g, beta,                 # inputs, token-major [NTOK, H, K|V], beta [NTOK, H]
@@ -184,12 +185,14 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
 
 
+@autotune([config(8, 2, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(4, 1, BV=32),
+           config(4, 1, BV=64), config(4, 2, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _fwd_state_kernel(
     k, w, u, G,                       # [NTOK, H, K], [NTOK, H, K], [NTOK, H, V], [NTOK, H, K] f32
     h, v_new, h0, ht,                 # h [NC, H, K, V]; v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
     cu_seqlens, chunk_offsets,
-    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -225,6 +228,8 @@ def _fwd_state_kernel(
         tl.store(ht + (i_n * H + i_h) * K * V + p_kv, S, mask=m_kv)
 
 
+@autotune([config(8, 2, BV=64), config(4, 1, BV=64), config(4, 2, BV=32), config(8, 2, BV=128)],
+          key=["H", "K", "V"])
 @triton.jit
 def _fwd_output_kernel(
     q, G, h, v_new, Aqk, o,           # q, G [NTOK,H,K]; h [NC,H,K,V]; v_new, o [NTOK,H,V]; Aqk [NTOK,H,64]
@@ -281,27 +286,26 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
         cu_seqlens, chunk_seq, chunk_pos, scale,
         H=H, K=K, V=V, BK=BK, BV=BV_full,
         USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
-        HAS_DT_BIAS=dt_bias is not None, PREC=prec, num_warps=4,
+        HAS_DT_BIAS=dt_bias is not None, PREC=prec,
     )
 
-    BV = min(BV_full, 64)
     h = torch.empty(NC, H, K, V, **f32)
     v_new = torch.empty(1, NTOK, H, V, **f32)
     # one compiled variant: a missing initial state is read as zeros, the final state always stored
     h0 = initial_state if initial_state is not None else torch.zeros(N, H, K, V, **f32)
     ht = torch.empty(N, H, K, V, **f32)
-    _fwd_state_kernel[(triton.cdiv(V, BV), N * H)](
+    _fwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
         kn, w, u, G, h, v_new, h0, ht,
         cu_seqlens, chunk_offsets,
-        H=H, K=K, V=V, BK=BK, BV=BV,
-        HAS_H0=True, STORE_HT=True, PREC=prec, num_warps=4, num_stages=1,
+        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK,
+        HAS_H0=True, STORE_HT=True, PREC=prec,
     )
     ht = ht if output_final_state else None
 
     o = torch.empty_like(v)
-    _fwd_output_kernel[(triton.cdiv(V, BV), NC, H)](
+    _fwd_output_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NC, H)](
         qn, G, h, v_new, Aqk, o, cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=1,
+        H=H, K=K, V=V, BK=BK, PREC=prec,
     )
     saved = dict(G=G, qn=qn, kn=kn, w=w, Aqk=Aqk, T=Tm, h=h, v_new=v_new)
     return o, ht, saved

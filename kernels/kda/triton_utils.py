@@ -62,3 +62,23 @@ def dot_precision(dtype):
 
 def next_pow2(x):
     return triton.next_power_of_2(x)
+
+
+def config(num_warps, num_stages, **meta):
+    """One launch configuration for `autotune`: meta-parameters (block sizes) plus warps and stages."""
+    return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+
+
+def autotune(configs, key):
+    """`triton.autotune` over `configs` (the fastest is kept per key and cached on disk). Under the
+    interpreter only the first config runs: the CPU tests check arithmetic, not speed.
+
+    The candidates come from benchmarks/kda_static.py: on sm_90 the single configs used before spilled
+    1-8 KB of registers per thread in every chunk kernel; the lists hold the ones that spill least."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton.autotune(configs=configs[:1] if interpreting else configs, key=key, cache_results=True)
+
+
+def size_bucket(n):
+    """ceil(log2(n)): an autotune key for grids whose best block size depends on how many programs run."""
+    return max(int(n) - 1, 0).bit_length()

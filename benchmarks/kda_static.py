@@ -1,0 +1,120 @@
+"""Static resources of the Triton KDA kernels on Hopper, without a GPU: registers, spills, shared memory.
+
+Each kernel is compiled for sm_90 (Triton's offline compile, GPUTarget("cuda", 90, 32)) under the launch
+configurations we consider, and ptxas -v reports registers per thread and spill bytes. Spills and
+occupancy are the first things to read when a kernel is slower than its bytes and FLOPs say; this runs
+on the CPU machine, so kernel changes can be checked between GPU sessions.
+
+    python benchmarks/kda_static.py [--dtype bf16|fp32] [--out FILE]
+
+The configurations are each kernel's autotune candidates (kernels/kda/triton_chunk_*.py). Writes
+benchmarks/results/kda_static_sm90_<dtype>.md.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from kernels.kda import triton_chunk_bwd as bwd  # noqa: E402
+from kernels.kda import triton_chunk_fwd as fwd  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+K = V = 128
+
+
+def signature(fn, pointers, constexprs):
+    """Triton signature of `fn`: pointer args typed from `pointers` (name -> '*bf16' ...), names in
+    `constexprs` as constexpr, `scale` fp32, every other argument i32."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        else:
+            sig[name] = "fp32" if name == "scale" else "i32"
+    return sig
+
+
+def resources(fn, pointers, constexprs, num_warps, num_stages):
+    """(registers per thread, spill store bytes, spill load bytes, shared memory bytes) on sm_90."""
+    src = ASTSource(fn, signature(fn, pointers, constexprs), constexprs)
+    compiled = triton.compile(src, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    report = subprocess.run([PTXAS, "--gpu-name=sm_90a", "-v", f.name, "-o", os.devnull],
+                            capture_output=True, text=True).stderr
+    os.unlink(f.name)
+    regs = int(re.search(r"Used (\d+) registers", report).group(1))
+    spill_st, spill_ld = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads",
+                                                      report).groups())
+    return regs, spill_st, spill_ld, compiled.metadata.shared
+
+
+def kernels(dtype):
+    """(name, autotuned kernel, pointer types, constexprs); the configs are the kernel's autotune candidates."""
+    x, f32, i32 = f"*{dtype}", "*fp32", "*i32"
+    prec = "ieee" if dtype == "fp32" else "tf32"
+    ptr = lambda names, t: {n: t for n in names.split()}  # noqa: E731
+    intra_ptrs = {**ptr("q k v qn kn beta", x), **ptr("g G w u Aqk Tm A_log dt_bias", f32),
+                  **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    state_ptrs = {**ptr("k", x), **ptr("w u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    out_ptrs = {**ptr("q o", x), **ptr("G h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    bstate_ptrs = {**ptr("q k do", x), **ptr("w G Aqk dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
+                  **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
+                   **ptr("g G dA dP dq_p dk_p dG_p dbeta_p A_log dt_bias dg dbias_p dAlog_p", f32),
+                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    base = dict(K=K, V=V, BK=128, PREC=prec)
+    return [
+        ("fwd intra", fwd._fwd_intra_kernel, intra_ptrs,
+         dict(base, BV=128, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+        ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, HAS_H0=True, STORE_HT=True)),
+        ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base)),
+        ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, HAS_DHT=True, STORE_DH0=True)),
+        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(base)),
+        ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
+         dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--only", default=None, help="comma-separated kernel names (as in the table)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    lines = [f"# KDA kernels on sm_90 (static, {args.dtype} inputs, K = V = 128)", "",
+             "`python benchmarks/kda_static.py`: Triton 3.6 offline compile for sm_90 + `ptxas -v`; no GPU involved.",
+             "Registers are per thread (255 max); spills in bytes per thread; shared memory per program.", "",
+             "| kernel | num_warps | num_stages | block | registers | spill stores | spill loads | shared KB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for name, tuner, ptrs, consts in kernels(args.dtype):
+        if args.only and name not in args.only.split(","):
+            continue
+        for cfg in tuner.configs:
+            warps, stages, extra = cfg.num_warps, cfg.num_stages, cfg.kwargs
+            try:
+                regs, st, ld, shared = resources(tuner.fn, ptrs, {**consts, **extra}, warps, stages)
+                row = f"{regs} | {st} | {ld} | {shared / 1024:.0f}"
+            except Exception as error:                     # e.g. out of shared memory: say so, go on
+                row = f"failed: {type(error).__name__}: {str(error)[:60]} | | |"
+            lines.append(f"| {name} | {warps} | {stages} | {extra or ''} | {row} |")
+            print(lines[-1], flush=True)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"kda_static_sm90_{args.dtype}.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
