@@ -1,6 +1,7 @@
 #!/bin/sh
 # device run: GPU correctness (ours / fla / float64 oracle) and the benchmark.
-# Budget the first run generously: compiling our kernels takes ~1 min (bf16) and ~2 min (fp32);
+# Budget the first run generously: our kernels autotune (every candidate config compiles: several
+# minutes for bf16 + fp32 on a fresh machine; before autotuning it was ~1 min bf16, ~2 min fp32);
 # fla autotunes on its first calls. Run it as one device call of ~5 min (timeout_s 300+), or the four
 # steps as separate calls on a warm machine.
 # fla 0.6.0 comes either from the gpu-kit (`../shared/gpu-kit/prepare core`, then its install.sh puts it

@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -64,23 +65,24 @@ def kernels(dtype):
     x, f32, i32 = f"*{dtype}", "*fp32", "*i32"
     prec = "ieee" if dtype == "fp32" else "tf32"
     ptr = lambda names, t: {n: t for n in names.split()}  # noqa: E731
-    intra_ptrs = {**ptr("q k v qn kn beta", x), **ptr("g G w u Aqk Tm A_log dt_bias", f32),
+    intra_ptrs = {**ptr("q k v qn kn beta w qg kg", x), **ptr("g G u Aqk Tm A_log dt_bias", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    state_ptrs = {**ptr("k", x), **ptr("w u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
-    out_ptrs = {**ptr("q o", x), **ptr("G h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bstate_ptrs = {**ptr("q k do", x), **ptr("w G Aqk dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G Aqk dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
                    **ptr("g G dA dP dq_p dk_p dG_p dbeta_p A_log dt_bias dg dbias_p dAlog_p", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     base = dict(K=K, V=V, BK=128, PREC=prec)
+    dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)
     return [
         ("fwd intra", fwd._fwd_intra_kernel, intra_ptrs,
          dict(base, BV=128, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
-        ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, HAS_H0=True, STORE_HT=True)),
-        ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base)),
-        ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, HAS_DHT=True, STORE_DH0=True)),
+        ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
+        ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
+        ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),
         ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(base)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
          dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),

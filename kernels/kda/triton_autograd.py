@@ -11,7 +11,7 @@ from .triton_chunk_bwd import chunk_kda_bwd
 from .triton_chunk_fwd import chunk_kda_fwd
 from .triton_utils import chunk_table, default_cu_seqlens
 
-_SAVED = ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new")
+_SAVED = ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new", "qg", "kg")
 
 
 class ChunkKDAFunction(torch.autograd.Function):

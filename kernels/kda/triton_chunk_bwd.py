@@ -5,7 +5,8 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
 
     forward:   v_new = T Y - (T X) h,  o = qg h + Aqk v_new,  S_next = exp(G_last) h + kg^T v_new
 
-1. `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks:
+1. `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks, on the forward's pre-decayed
+   qg and kg:
        dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
    stores dh per chunk, dv_new, and the initial-state gradient.
 2. `_bwd_inter_kernel` (chunk, head), looping over V: everything that contracts over V:
@@ -24,20 +25,19 @@ import triton
 import triton.language as tl
 
 from .triton_blocks import ld_cc, ld_row, ld_rows, st_rows
-from .triton_chunk_fwd import _ld_chunk, _st_chunk
-from .triton_utils import CHUNK, autotune, config, next_pow2, size_bucket
+from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
+from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
 
 
-@autotune([config(8, 2, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(4, 1, BV=64),
-           config(4, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
+@autotune([config(4, 2, BV=16), config(8, 1, BV=16), config(8, 1, BV=32), config(8, 2, BV=32),
+           config(16, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
-    q, k, w, G, Aqk, do,              # [NTOK,H,K] x3 (+G f32), Aqk [NTOK,H,64], do [NTOK,H,V]
+    qg, kg, w, G, Aqk, do,            # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; Aqk [NTOK,H,64]
     dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V]; dht, dh0 [N,H,K,V]
     cu_seqlens, chunk_offsets,
-    scale,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -51,7 +51,6 @@ def _bwd_state_kernel(
     m_k, m_v = o_k < K, o_v < V
     p_kv = o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
-    rows = tl.arange(0, 64)
 
     dS = tl.zeros([BK, BV], dtype=tl.float32)                    # gradient of the state leaving the chunk
     if HAS_DHT:
@@ -61,18 +60,18 @@ def _bwd_state_kernel(
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
         tl.store(dh + ((c0 + i) * H + i_h) * K * V + p_kv, dS.to(dh.dtype.element_ty), mask=m_kv)
-        m_r = (rows < L)[:, None]
-        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
         G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
-        b_kg = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k) * tl.where(m_r, tl.exp(G_last[None, :] - b_G), 0.)
-        b_qg = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k) * tl.where(m_r, tl.exp(b_G), 0.) * scale
+        # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; Aqk^T do stays fp32
+        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # k exp(G_last - G)
+        b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # scale q exp(G)
+        b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                  # [64, BK]
         b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                # [64, 64]
         b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                      # [64, BV]
-        b_w = _ld_chunk(w, t0, L, i_h, H, K, o_k, m_k)                        # [64, BK]
-        b_dvn = tl.dot(tl.trans(b_A), b_do, input_precision=PREC) + tl.dot(b_kg, dS, input_precision=PREC)
+        b_dvn = (tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
+                 + tl.dot(b_kg, dS.to(DOT), input_precision=PREC))
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
-        dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
-              - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+        dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DOT), input_precision=PREC)
+              - tl.dot(tl.trans(b_w), b_dvn.to(DOT), input_precision=PREC))
     if STORE_DH0:
         tl.store(dh0 + (i_n * H + i_h) * K * V + p_kv, dS, mask=m_kv)
 
@@ -302,7 +301,8 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     f32 = dict(device=q.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
-    G, qn, kn, w, Aqk, Tm, h, v_new = (saved[x] for x in ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new"))
+    G, qn, kn, w, Aqk, Tm, h, v_new, qg, kg = (saved[x] for x in ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new",
+                                                                   "qg", "kg"))
     do = do.contiguous()
 
     dh = torch.empty(NC, H, K, V, **f32)
@@ -311,9 +311,10 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     dh0 = torch.empty(N, H, K, V, **f32)
     dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        qn, kn, w, G, Aqk, do, dh, dv_new, dht, dh0,
-        cu_seqlens, chunk_offsets, scale,
+        qg, kg, w, G, Aqk, do, dh, dv_new, dht, dh0,
+        cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK, HAS_DHT=True, STORE_DH0=True, PREC=prec,
+        DOT=dot_dtype(q.dtype),
     )
     dh0 = dh0 if initial_state is not None else None
 

@@ -5,10 +5,17 @@
    optional L2 norm of q/k, the intra-chunk matrices Akk (strictly lower, times beta) and Aqk
    (lower, times scale) in 16 x 16 blocks with exact decays, T = (I + Akk)^-1 by blockwise forward
    substitution, and the WY factors w = T (beta k exp(G)), u = T (beta v).
+   It also writes the pre-decayed qg = scale q exp(G) and kg = k exp(G_last - G) in the input dtype,
+   so the sequential passes and the output read one half-precision tile instead of k or q plus an
+   fp32 G tile and its exponentials.
 2. `_fwd_state_kernel`, one program per (sequence, head, V-block): the sequential pass over the
    sequence's chunks; stores the state h entering each chunk and the corrected values
-   v_new = u - w h.  S_next = exp(G_last) * S + (k exp(G_last - G))^T v_new.
-3. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = (scale q exp(G)) h + Aqk v_new.
+   v_new = u - w h.  S_next = exp(G_last) * S + kg^T v_new.
+3. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = qg h + Aqk v_new.
+
+Precision (benchmarks/kda_precision.py): the key path (w, qg, kg and the dots w S, kg^T v_new, qg h)
+runs in the input dtype; the value path (u, v_new, Aqk) and the state stay float32.
+Launch configurations are autotuned (triton_utils.autotune).
 
 All tensors are on a packed token axis (a dense batch is B sequences of T tokens).
 """
@@ -18,7 +25,7 @@ import triton.language as tl
 
 from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_rows, offdiag_blocks, st_cc,
                             st_rows)
-from .triton_utils import CHUNK, autotune, config, next_pow2, size_bucket
+from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
 
 
 @autotune([config(8, 1), config(4, 1)], key=["H", "K", "V", "USE_L2NORM", "USE_GATE"])
@@ -27,6 +34,7 @@ def _fwd_intra_kernel(
     q, k, v, g, beta,                 # inputs, token-major [NTOK, H, K|V], beta [NTOK, H]
     qn, kn,                           # [NTOK, H, K] L2-normalised q, k (written when USE_L2NORM)
     G, w, u, Aqk, Tm,                 # out: G [NTOK,H,K] f32; w [NTOK,H,K]; u [NTOK,H,V]; Aqk, T [NTOK,H,64] f32
+    qg, kg,                           # out: [NTOK,H,K] in q's dtype: scale q exp(G), k exp(G_last - G)
     A_log, dt_bias,
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
@@ -74,6 +82,15 @@ def _fwd_intra_kernel(
     else:
         qs = q
         ks = k
+
+    # ---- 1b. the pre-decayed operands of the state passes and the output: carry is G_last now
+    for I in tl.static_range(4):
+        b_G = ld_rows(G, t0, I * 16, L, i_h, H, K, BK)
+        m_r = ((I * 16 + r16) < L)[:, None]
+        b_qg = ld_rows(qs, t0, I * 16, L, i_h, H, K, BK) * tl.where(m_r, tl.exp(b_G), 0.) * scale
+        b_kg = ld_rows(ks, t0, I * 16, L, i_h, H, K, BK) * tl.where(m_r, tl.exp(carry[None, :] - b_G), 0.)
+        st_rows(qg, b_qg, t0, I * 16, L, i_h, H, K, BK)
+        st_rows(kg, b_kg, t0, I * 16, L, i_h, H, K, BK)
 
     # ---- 2. Akk (beta-scaled, strictly lower) and Aqk (scaled, lower) in 16 x 16 blocks
     A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BK)
@@ -179,6 +196,14 @@ def _ld_chunk(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
 
 
 @triton.jit
+def _ld_tile(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
+    """Like _ld_chunk, in the tensor's own dtype (an operand of a dot)."""
+    rows = tl.arange(0, 64)
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    return tl.load(p, mask=(rows < L)[:, None] & m_d[None, :], other=0.)
+
+
+@triton.jit
 def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     rows = tl.arange(0, 64)
     p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
@@ -189,11 +214,11 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
            config(4, 1, BV=64), config(4, 2, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _fwd_state_kernel(
-    k, w, u, G,                       # [NTOK, H, K], [NTOK, H, K], [NTOK, H, V], [NTOK, H, K] f32
+    kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
     h, v_new, h0, ht,                 # h [NC, H, K, V]; v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -214,16 +239,14 @@ def _fwd_state_kernel(
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
         tl.store(h + ((c0 + i) * H + i_h) * K * V + p_kv, S.to(h.dtype.element_ty), mask=m_kv)
-        b_w = _ld_chunk(w, t0, L, i_h, H, K, o_k, m_k)                          # [64, BK]
+        # dot operands in DOT (bf16 for bf16 inputs); u, v_new and S stay float32
+        b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                   # [64, BK]
         b_u = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
-        b_vn = b_u - tl.dot(b_w, S, input_precision=PREC)                       # [64, BV]
+        b_vn = b_u - tl.dot(b_w, S.to(DOT), input_precision=PREC)               # [64, BV]
         _st_chunk(v_new, b_vn, t0, L, i_h, H, V, o_v, m_v)
-        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
         G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)                         # [BK]
-        rows = tl.arange(0, 64)
-        b_kg = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k) * tl.where(
-            (rows < L)[:, None], tl.exp(G_last[None, :] - b_G), 0.)            # [64, BK]
-        S = S * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
+        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                 # [64, BK]
+        S = S * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_kg), b_vn.to(DOT), input_precision=PREC)
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + p_kv, S, mask=m_kv)
 
@@ -232,11 +255,10 @@ def _fwd_state_kernel(
           key=["H", "K", "V"])
 @triton.jit
 def _fwd_output_kernel(
-    q, G, h, v_new, Aqk, o,           # q, G [NTOK,H,K]; h [NC,H,K,V]; v_new, o [NTOK,H,V]; Aqk [NTOK,H,64]
+    qg, h, v_new, Aqk, o,             # qg [NTOK,H,K]; h [NC,H,K,V]; v_new, o [NTOK,H,V]; Aqk [NTOK,H,64]
     cu_seqlens, chunk_seq, chunk_pos,
-    scale,
     H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_seq + i_c)
@@ -246,12 +268,10 @@ def _fwd_output_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, 64)
     m_k, m_v = o_k < K, o_v < V
-    rows = tl.arange(0, 64)
 
-    b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
-    b_qg = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k) * tl.where((rows < L)[:, None], tl.exp(b_G), 0.) * scale
+    b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                     # [64, BK]
     b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :], other=0.).to(tl.float32)
+                  mask=m_k[:, None] & m_v[None, :], other=0.).to(DOT)
     b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)
     b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
     b_o = tl.dot(b_qg, b_h, input_precision=PREC) + tl.dot(b_A, b_vn, input_precision=PREC)
@@ -263,7 +283,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     """Forward on a packed token axis. q, k, g: [1, NTOK, H, K]; v: [1, NTOK, H, V]; beta [1, NTOK, H].
 
     `table` = triton_utils.chunk_table(cu_seqlens). Returns (o, final_state, saved) where saved
-    holds what the backward needs (G, qn, kn, w, Aqk, T, h, v_new)."""
+    holds what the backward needs (G, qn, kn, w, Aqk, T, h, v_new, qg, kg)."""
     _, NTOK, H, K = q.shape
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
@@ -276,12 +296,14 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     G = torch.empty(1, NTOK, H, K, **f32)
     qn = torch.empty_like(q) if use_qk_l2norm_in_kernel else q
     kn = torch.empty_like(k) if use_qk_l2norm_in_kernel else k
-    w = torch.empty(1, NTOK, H, K, **f32)
+    w = torch.empty(1, NTOK, H, K, device=q.device, dtype=q.dtype)        # key path: input dtype
+    qg = torch.empty_like(w)
+    kg = torch.empty_like(w)
     u = torch.empty(1, NTOK, H, V, **f32)
     Aqk = torch.empty(1, NTOK, H, CHUNK, **f32)
     Tm = torch.empty(1, NTOK, H, CHUNK, **f32)
     _fwd_intra_kernel[(NC, H)](
-        q, k, v, g, beta, qn, kn, G, w, u, Aqk, Tm,
+        q, k, v, g, beta, qn, kn, G, w, u, Aqk, Tm, qg, kg,
         A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
         cu_seqlens, chunk_seq, chunk_pos, scale,
         H=H, K=K, V=V, BK=BK, BV=BV_full,
@@ -295,17 +317,17 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     h0 = initial_state if initial_state is not None else torch.zeros(N, H, K, V, **f32)
     ht = torch.empty(N, H, K, V, **f32)
     _fwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        kn, w, u, G, h, v_new, h0, ht,
+        kg, w, u, G, h, v_new, h0, ht,
         cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK,
-        HAS_H0=True, STORE_HT=True, PREC=prec,
+        HAS_H0=True, STORE_HT=True, PREC=prec, DOT=dot_dtype(q.dtype),
     )
     ht = ht if output_final_state else None
 
     o = torch.empty_like(v)
     _fwd_output_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NC, H)](
-        qn, G, h, v_new, Aqk, o, cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, BK=BK, PREC=prec,
+        qg, h, v_new, Aqk, o, cu_seqlens, chunk_seq, chunk_pos,
+        H=H, K=K, V=V, BK=BK, PREC=prec, DOT=dot_dtype(q.dtype),
     )
-    saved = dict(G=G, qn=qn, kn=kn, w=w, Aqk=Aqk, T=Tm, h=h, v_new=v_new)
+    saved = dict(G=G, qn=qn, kn=kn, w=w, Aqk=Aqk, T=Tm, h=h, v_new=v_new, qg=qg, kg=kg)
     return o, ht, saved

@@ -60,6 +60,18 @@ def dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def dot_dtype(dtype):
+    """Operand dtype of the key-path dots (w S, kg^T v_new, qg h): the input's half type on the GPU.
+
+    Under the interpreter they run in float32 on the same rounded values: Triton 3.6's interpreter
+    miscomputes a dot whose operand was cast to bf16 inside the kernel (a 16 x 16 check gives errors
+    of 1e10), so the CPU tests could not check that cast."""
+    import triton.language as tl
+    if dtype == torch.float32 or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return tl.float32
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
 def next_pow2(x):
     return triton.next_power_of_2(x)
 
