@@ -65,8 +65,9 @@ def kernels(dtype):
     x, f32, i32 = f"*{dtype}", "*fp32", "*i32"
     prec = "ieee" if dtype == "fp32" else "tf32"
     ptr = lambda names, t: {n: t for n in names.split()}  # noqa: E731
-    intra_ptrs = {**ptr("q k v qn kn beta w qg kg", x), **ptr("g G u Aqk Tm A_log dt_bias", f32),
+    intra_ptrs = {**ptr("q k qn kn beta", x), **ptr("g G Aqk Tm A_log dt_bias", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G Aqk dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
@@ -79,7 +80,8 @@ def kernels(dtype):
     dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)
     return [
         ("fwd intra", fwd._fwd_intra_kernel, intra_ptrs,
-         dict(base, BV=128, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+         dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+        ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),

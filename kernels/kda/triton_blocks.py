@@ -25,6 +25,24 @@ def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def ld_rows_at(base, t0, r0, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
+    """[16, BC] float32 tile: rows r0..r0+15, columns c0..c0+BC-1, zero past L or past D."""
+    rows = r0 + tl.arange(0, 16)
+    o_d = c0 + tl.arange(0, BC)
+    m = (rows < L)[:, None] & (o_d < D)[None, :]
+    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
+    return tl.load(p, mask=m, other=0.).to(tl.float32)
+
+
+@triton.jit
+def ld_row_at(base, t0, r, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
+    """[BC] float32: row r, columns c0..c0+BC-1, zero when r >= L or past D."""
+    o_d = c0 + tl.arange(0, BC)
+    p = base + ((t0 + r) * H + i_h).to(tl.int64) * D + o_d
+    return tl.load(p, mask=(o_d < D) & (r < L), other=0.).to(tl.float32)
+
+
+@triton.jit
 def st_rows(base, x, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
     """Store a [16, BD] tile at rows r0..r0+15 of the chunk (rows past L and columns past D skipped)."""
     rows = r0 + tl.arange(0, 16)
@@ -63,45 +81,45 @@ def st_cc(base, x, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
 
 @triton.jit
 def offdiag_blocks(qs, ks, G, t0, rI, rJ, L, i_h,
-                   H, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Rows I > columns J of  Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i.
+                   H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """Rows I > columns J of  Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i,
+    summed over channel blocks of BC (fewer live registers than whole rows).
 
     Returns two [16, 16] float32 blocks (no beta, no scale)."""
     rows_i = rI + tl.arange(0, 16)
     rows_j = rJ + tl.arange(0, 16)
-    # reference row r = first row of block I (clamped into the chunk)
-    Gr = ld_row(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, BK)               # [BK]
-    GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
-    GJ = ld_rows(G, t0, rJ, L, i_h, H, K, BK)
-    eI = tl.where((rows_i < L)[:, None], tl.exp(GI - Gr[None, :]), 0.)         # <= 1
-    eJ = tl.where((rows_j < L)[:, None], tl.exp(Gr[None, :] - GJ), 0.)         # <= 1
-    kI = ld_rows(ks, t0, rI, L, i_h, H, K, BK) * eI
-    qI = ld_rows(qs, t0, rI, L, i_h, H, K, BK) * eI
-    kJ = ld_rows(ks, t0, rJ, L, i_h, H, K, BK) * eJ
-    kJt = tl.trans(kJ)
-    return tl.dot(kI, kJt, input_precision=PREC), tl.dot(qI, kJt, input_precision=PREC)
+    r = tl.minimum(rI, L - 1)              # reference row: the first of block I, clamped into the chunk
+    Akk = tl.zeros([16, 16], dtype=tl.float32)
+    Aqk = tl.zeros([16, 16], dtype=tl.float32)
+    for c0 in range(0, K, BC):
+        Gr = ld_row_at(G, t0, r, L, i_h, H, K, c0, BC)                            # [BC]
+        eI = tl.where((rows_i < L)[:, None], tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
+        eJ = tl.where((rows_j < L)[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
+        kJt = tl.trans(ld_rows_at(ks, t0, rJ, L, i_h, H, K, c0, BC) * eJ)       # both factors <= 1
+        Akk += tl.dot(ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * eI, kJt, input_precision=PREC)
+        Aqk += tl.dot(ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * eI, kJt, input_precision=PREC)
+    return Akk, Aqk
 
 
 @triton.jit
-def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BK: tl.constexpr):
+def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr):
     """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
-    one column at a time. Returns two [16, 16] float32 blocks."""
+    one column at a time, summed over channel blocks of BC. Returns two [16, 16] float32 blocks."""
     r = tl.arange(0, 16)
     rows = rI + r
-    GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
-    kI = ld_rows(ks, t0, rI, L, i_h, H, K, BK)
-    qI = ld_rows(qs, t0, rI, L, i_h, H, K, BK)
     Akk = tl.zeros([16, 16], dtype=tl.float32)
     Aqk = tl.zeros([16, 16], dtype=tl.float32)
-    for j in range(16):
-        kj = ld_row(ks, t0, rI + j, L, i_h, H, K, BK)
-        Gj = ld_row(G, t0, rI + j, L, i_h, H, K, BK)
-        e = tl.where(((r >= j) & (rows < L))[:, None], tl.exp(GI - Gj[None, :]), 0.)
-        kje = kj[None, :] * e
-        ckk = tl.sum(kI * kje, axis=1)
-        cqk = tl.sum(qI * kje, axis=1)
-        Akk = tl.where(r[None, :] == j, ckk[:, None], Akk)
-        Aqk = tl.where(r[None, :] == j, cqk[:, None], Aqk)
+    for c0 in range(0, K, BC):
+        GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
+        kI = ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC)
+        qI = ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC)
+        for j in range(16):
+            kj = ld_row_at(ks, t0, rI + j, L, i_h, H, K, c0, BC)
+            Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
+            e = tl.where(((r >= j) & (rows < L))[:, None], tl.exp(GI - Gj[None, :]), 0.)
+            kje = kj[None, :] * e
+            Akk += tl.where(r[None, :] == j, tl.sum(kI * kje, axis=1)[:, None], 0.)
+            Aqk += tl.where(r[None, :] == j, tl.sum(qI * kje, axis=1)[:, None], 0.)
     Akk = tl.where(r[:, None] > r[None, :], Akk, 0.)
     return Akk, Aqk
 

@@ -28,17 +28,17 @@ from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_rows, offd
 from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
 
 
-@autotune([config(8, 1), config(4, 1)], key=["H", "K", "V", "USE_L2NORM", "USE_GATE"])
+@autotune([config(8, 1, BC=32), config(4, 1, BC=32), config(8, 1, BC=64), config(4, 1, BC=16)],
+          key=["H", "K", "USE_L2NORM", "USE_GATE"])
 @triton.jit
 def _fwd_intra_kernel(
-    q, k, v, g, beta,                 # inputs, token-major [NTOK, H, K|V], beta [NTOK, H]
+    q, k, g, beta,                    # inputs, token-major [NTOK, H, K], beta [NTOK, H]
     qn, kn,                           # [NTOK, H, K] L2-normalised q, k (written when USE_L2NORM)
-    G, w, u, Aqk, Tm,                 # out: G [NTOK,H,K] f32; w [NTOK,H,K]; u [NTOK,H,V]; Aqk, T [NTOK,H,64] f32
-    qg, kg,                           # out: [NTOK,H,K] in q's dtype: scale q exp(G), k exp(G_last - G)
+    G, Aqk, Tm,                       # out: G [NTOK,H,K] f32; Aqk, T [NTOK,H,64] f32
     A_log, dt_bias,
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
-    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, K: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
     USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
@@ -83,26 +83,17 @@ def _fwd_intra_kernel(
         qs = q
         ks = k
 
-    # ---- 1b. the pre-decayed operands of the state passes and the output: carry is G_last now
-    for I in tl.static_range(4):
-        b_G = ld_rows(G, t0, I * 16, L, i_h, H, K, BK)
-        m_r = ((I * 16 + r16) < L)[:, None]
-        b_qg = ld_rows(qs, t0, I * 16, L, i_h, H, K, BK) * tl.where(m_r, tl.exp(b_G), 0.) * scale
-        b_kg = ld_rows(ks, t0, I * 16, L, i_h, H, K, BK) * tl.where(m_r, tl.exp(carry[None, :] - b_G), 0.)
-        st_rows(qg, b_qg, t0, I * 16, L, i_h, H, K, BK)
-        st_rows(kg, b_kg, t0, I * 16, L, i_h, H, K, BK)
-
     # ---- 2. Akk (beta-scaled, strictly lower) and Aqk (scaled, lower) in 16 x 16 blocks
-    A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BK)
-    A11, P11 = diag_blocks(qs, ks, G, t0, 16, L, i_h, H, K, BK)
-    A22, P22 = diag_blocks(qs, ks, G, t0, 32, L, i_h, H, K, BK)
-    A33, P33 = diag_blocks(qs, ks, G, t0, 48, L, i_h, H, K, BK)
-    A10, P10 = offdiag_blocks(qs, ks, G, t0, 16, 0, L, i_h, H, K, BK, PREC)
-    A20, P20 = offdiag_blocks(qs, ks, G, t0, 32, 0, L, i_h, H, K, BK, PREC)
-    A21, P21 = offdiag_blocks(qs, ks, G, t0, 32, 16, L, i_h, H, K, BK, PREC)
-    A30, P30 = offdiag_blocks(qs, ks, G, t0, 48, 0, L, i_h, H, K, BK, PREC)
-    A31, P31 = offdiag_blocks(qs, ks, G, t0, 48, 16, L, i_h, H, K, BK, PREC)
-    A32, P32 = offdiag_blocks(qs, ks, G, t0, 48, 32, L, i_h, H, K, BK, PREC)
+    A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BC)
+    A11, P11 = diag_blocks(qs, ks, G, t0, 16, L, i_h, H, K, BC)
+    A22, P22 = diag_blocks(qs, ks, G, t0, 32, L, i_h, H, K, BC)
+    A33, P33 = diag_blocks(qs, ks, G, t0, 48, L, i_h, H, K, BC)
+    A10, P10 = offdiag_blocks(qs, ks, G, t0, 16, 0, L, i_h, H, K, BC, PREC)
+    A20, P20 = offdiag_blocks(qs, ks, G, t0, 32, 0, L, i_h, H, K, BC, PREC)
+    A21, P21 = offdiag_blocks(qs, ks, G, t0, 32, 16, L, i_h, H, K, BC, PREC)
+    A30, P30 = offdiag_blocks(qs, ks, G, t0, 48, 0, L, i_h, H, K, BC, PREC)
+    A31, P31 = offdiag_blocks(qs, ks, G, t0, 48, 16, L, i_h, H, K, BC, PREC)
+    A32, P32 = offdiag_blocks(qs, ks, G, t0, 48, 32, L, i_h, H, K, BC, PREC)
     zero = tl.zeros([16, 16], dtype=tl.float32)
     st_cc(Aqk, P00 * scale, t0, 0, 0, L, i_h, H, 64)
     st_cc(Aqk, zero, t0, 0, 16, L, i_h, H, 64)
@@ -160,32 +151,6 @@ def _fwd_intra_kernel(
     st_cc(Tm, T32, t0, 48, 32, L, i_h, H, 64)
     st_cc(Tm, T33, t0, 48, 48, L, i_h, H, 64)
 
-    # ---- 4. w = T (beta k exp(G)) [64, K], u = T (beta v) [64, V], one 16-row block at a time
-    X0 = ld_rows(ks, t0, 0, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 0, L, i_h, H, K, BK)) * b0[:, None]
-    X1 = ld_rows(ks, t0, 16, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 16, L, i_h, H, K, BK)) * b1[:, None]
-    X2 = ld_rows(ks, t0, 32, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 32, L, i_h, H, K, BK)) * b2[:, None]
-    X3 = ld_rows(ks, t0, 48, L, i_h, H, K, BK) * tl.exp(ld_rows(G, t0, 48, L, i_h, H, K, BK)) * b3[:, None]
-    st_rows(w, tl.dot(T00, X0, input_precision=PREC), t0, 0, L, i_h, H, K, BK)
-    st_rows(w, tl.dot(T10, X0, input_precision=PREC) + tl.dot(T11, X1, input_precision=PREC),
-            t0, 16, L, i_h, H, K, BK)
-    st_rows(w, tl.dot(T20, X0, input_precision=PREC) + tl.dot(T21, X1, input_precision=PREC)
-            + tl.dot(T22, X2, input_precision=PREC), t0, 32, L, i_h, H, K, BK)
-    st_rows(w, tl.dot(T30, X0, input_precision=PREC) + tl.dot(T31, X1, input_precision=PREC)
-            + tl.dot(T32, X2, input_precision=PREC) + tl.dot(T33, X3, input_precision=PREC),
-            t0, 48, L, i_h, H, K, BK)
-    Y0 = ld_rows(v, t0, 0, L, i_h, H, V, BV) * b0[:, None]
-    Y1 = ld_rows(v, t0, 16, L, i_h, H, V, BV) * b1[:, None]
-    Y2 = ld_rows(v, t0, 32, L, i_h, H, V, BV) * b2[:, None]
-    Y3 = ld_rows(v, t0, 48, L, i_h, H, V, BV) * b3[:, None]
-    st_rows(u, tl.dot(T00, Y0, input_precision=PREC), t0, 0, L, i_h, H, V, BV)
-    st_rows(u, tl.dot(T10, Y0, input_precision=PREC) + tl.dot(T11, Y1, input_precision=PREC),
-            t0, 16, L, i_h, H, V, BV)
-    st_rows(u, tl.dot(T20, Y0, input_precision=PREC) + tl.dot(T21, Y1, input_precision=PREC)
-            + tl.dot(T22, Y2, input_precision=PREC), t0, 32, L, i_h, H, V, BV)
-    st_rows(u, tl.dot(T30, Y0, input_precision=PREC) + tl.dot(T31, Y1, input_precision=PREC)
-            + tl.dot(T32, Y2, input_precision=PREC) + tl.dot(T33, Y3, input_precision=PREC),
-            t0, 48, L, i_h, H, V, BV)
-
 
 @triton.jit
 def _ld_chunk(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
@@ -208,6 +173,46 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     rows = tl.arange(0, 64)
     p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
     tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
+
+
+@autotune([config(4, 1, BC=64), config(8, 1, BC=64), config(4, 2, BC=32), config(8, 2, BC=128)],
+          key=["H", "K", "V"])
+@triton.jit
+def _fwd_wy_kernel(
+    qs, ks, v, beta, G, Tm,           # qs, ks [NTOK,H,K] (L2-normalised if so); v [NTOK,H,V]; G f32; T [NTOK,H,64]
+    w, u, qg, kg,                     # out: w, qg, kg [NTOK,H,K] input dtype; u [NTOK,H,V] f32
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
+):
+    """Per (chunk, head): the WY factors w = T (beta k e^G) and u = T (beta v) as [64, 64] x [64, BC]
+    products over column blocks, and the pre-decayed qg = scale q e^G, kg = k e^(G_last - G)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    rows = tl.arange(0, 64)
+    m_r = (rows < L)[:, None]
+    o_c = tl.arange(0, 64)
+    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                      # [64, 64]
+    b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=rows < L, other=0.).to(tl.float32)
+    for c0 in range(0, K, BC):
+        o_d = c0 + tl.arange(0, BC)
+        m_d = o_d < K
+        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_d, m_d)                          # [64, BC]
+        G_last = tl.load(G + ((t0 + L - 1) * H + i_h) * K + o_d, mask=m_d, other=0.)    # [BC]
+        b_k = _ld_chunk(ks, t0, L, i_h, H, K, o_d, m_d)
+        e = tl.where(m_r, tl.exp(b_G), 0.)
+        b_X = (b_k * e * b_beta[:, None]).to(DOT)                                 # beta k e^G
+        _st_chunk(w, tl.dot(b_T.to(DOT), b_X, input_precision=PREC), t0, L, i_h, H, K, o_d, m_d)
+        _st_chunk(kg, b_k * tl.where(m_r, tl.exp(G_last[None, :] - b_G), 0.), t0, L, i_h, H, K, o_d, m_d)
+        _st_chunk(qg, _ld_chunk(qs, t0, L, i_h, H, K, o_d, m_d) * e * scale, t0, L, i_h, H, K, o_d, m_d)
+    for c0 in range(0, V, BC):
+        o_d = c0 + tl.arange(0, BC)
+        m_d = o_d < V
+        b_Y = _ld_chunk(v, t0, L, i_h, H, V, o_d, m_d) * b_beta[:, None]          # beta v, value path fp32
+        _st_chunk(u, tl.dot(b_T, b_Y, input_precision=PREC), t0, L, i_h, H, V, o_d, m_d)
 
 
 @autotune([config(8, 2, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(4, 1, BV=32),
@@ -288,7 +293,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
-    BK, BV_full = next_pow2(K), next_pow2(V)
+    BK = next_pow2(K)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     f32 = dict(device=q.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
@@ -303,12 +308,16 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     Aqk = torch.empty(1, NTOK, H, CHUNK, **f32)
     Tm = torch.empty(1, NTOK, H, CHUNK, **f32)
     _fwd_intra_kernel[(NC, H)](
-        q, k, v, g, beta, qn, kn, G, w, u, Aqk, Tm, qg, kg,
+        q, k, g, beta, qn, kn, G, Aqk, Tm,
         A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, BK=BK, BV=BV_full,
+        H=H, K=K, BK=BK,
         USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
         HAS_DT_BIAS=dt_bias is not None, PREC=prec,
+    )
+    _fwd_wy_kernel[(NC, H)](
+        qn, kn, v, beta, G, Tm, w, u, qg, kg, cu_seqlens, chunk_seq, chunk_pos, scale,
+        H=H, K=K, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
     )
 
     h = torch.empty(NC, H, K, V, **f32)
