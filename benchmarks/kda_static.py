@@ -85,7 +85,7 @@ def kernels(dtype):
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(base)),
+        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
          dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
     ]

@@ -9,7 +9,8 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
    qg and kg:
        dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
    stores dh per chunk, dv_new, and the initial-state gradient.
-2. `_bwd_inter_kernel` (chunk, head), looping over V: everything that contracts over V:
+2. `_bwd_inter_kernel` (chunk, head): everything that contracts over V, the value-side terms in one
+   pass over V blocks, then per channel block of K a pass over V for the key-side ones:
        dqg = do h^T, d(TX) = -dv_new h^T, dkg = v_new dh^T, dAqk = do v_new^T,
        dY = T^T dv_new (-> dv, dbeta), dX = T^T d(TX) (-> dk, dbeta, dG),
        dT = dv_new Y^T + d(TX) X^T,  dAkk = -T^T dT T^T (strictly lower),
@@ -76,88 +77,99 @@ def _bwd_state_kernel(
         tl.store(dh0 + (i_n * H + i_h) * K * V + p_kv, dS, mask=m_kv)
 
 
-@autotune([config(16, 1, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(8, 1, BV=16)],
-          key=["H", "K", "V"])
+@autotune([config(8, 1, BV=32, BC=32), config(8, 2, BV=32, BC=32), config(8, 1, BV=16, BC=32),
+           config(16, 1, BV=32, BC=32), config(8, 1, BV=64, BC=32)], key=["H", "K", "V"])
 @triton.jit
 def _bwd_inter_kernel(
     q, k, v, beta, G, Tm, h, v_new, do, dh, dv_new,
     dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,   # outputs: dv [NTOK,H,V]; dA, dP [NTOK,H,64]; partials f32
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
-    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
     PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_seq + i_c)
     t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
     L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
-    o_k = tl.arange(0, BK)
     o_c = tl.arange(0, 64)
     rows = tl.arange(0, 64)
-    m_k = o_k < K
     m_r = rows < L
 
     b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
     b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
-    dqg = tl.zeros([64, BK], dtype=tl.float32)
-    dwy = tl.zeros([64, BK], dtype=tl.float32)                                  # d(T X)
-    dkg = tl.zeros([64, BK], dtype=tl.float32)
-    dAqk = tl.zeros([64, 64], dtype=tl.float32)
-    dT = tl.zeros([64, 64], dtype=tl.float32)
-    dGl = tl.zeros([BK], dtype=tl.float32)
-    dbeta = tl.zeros([64], dtype=tl.float32)
     p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
     p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
+
+    # ---- the value side, once: dAqk = do v_new^T, dT = dv_new (beta v)^T, dY = T^T dv_new (-> dv, dbeta)
+    dAqk = tl.zeros([64, 64], dtype=tl.float32)
+    dT = tl.zeros([64, 64], dtype=tl.float32)
+    dbeta = tl.zeros([64], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
-        m_kv = m_k[:, None] & m_v[None, :]
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-        b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
         b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
         b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
         b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
         b_v = _ld_chunk(v, t0, L, i_h, H, V, o_v, m_v)
-        dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
-        dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        dGl += tl.sum(b_h * b_dh, axis=1)
         dT += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
         dY = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)               # d(beta v) [64, BV]
         _st_chunk(dv, dY * b_beta[:, None], t0, L, i_h, H, V, o_v, m_v)
         dbeta += tl.sum(dY * b_v, axis=1)
 
-    b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
-    b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
-    b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
-    e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
-    # w = T X, X = beta k exp(G)
-    X = b_k * e * b_beta[:, None]
-    dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
-    dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
-    b_dk = dX * e * b_beta[:, None]
-    dbeta += tl.sum(dX * b_k * e, axis=1)
-    b_dG = dX * X
-    # qg = scale q exp(G)
-    b_dq = dqg * e * scale
-    b_dG += dqg * b_q * e * scale
-    # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
-    G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
-    eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
-    b_dk += dkg * eg
-    b_dG -= dkg * b_k * eg
-    dG_last = dGl * tl.exp(G_last) + tl.sum(dkg * b_k * eg, axis=0)
-    b_dG += tl.where((rows == L - 1)[:, None], dG_last[None, :], 0.)
+    # ---- the key side, per channel block: contractions over V, then the decay terms of the block
+    for c0 in range(0, K, BC):
+        o_k = c0 + tl.arange(0, BC)
+        m_k = o_k < K
+        dqg = tl.zeros([64, BC], dtype=tl.float32)
+        dwy = tl.zeros([64, BC], dtype=tl.float32)                              # d(T X)
+        dkg = tl.zeros([64, BC], dtype=tl.float32)
+        dGl = tl.zeros([BC], dtype=tl.float32)
+        for v0 in range(0, V, BV):
+            o_v = v0 + tl.arange(0, BV)
+            m_v = o_v < V
+            m_kv = m_k[:, None] & m_v[None, :]
+            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+            b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+            b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
+            b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+            dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+            dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+            dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+            dGl += tl.sum(b_h * b_dh, axis=1)
+        b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
+        b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
+        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+        e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
+        # w = T X, X = beta k exp(G)
+        X = b_k * e * b_beta[:, None]
+        dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
+        dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
+        b_dk = dX * e * b_beta[:, None]
+        dbeta += tl.sum(dX * b_k * e, axis=1)
+        b_dG = dX * X
+        # qg = scale q exp(G)
+        b_dq = dqg * e * scale
+        b_dG += dqg * b_q * e * scale
+        # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
+        G_last = tl.load(G + ((t0 + L - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
+        b_dk += dkg * eg
+        b_dG -= dkg * b_k * eg
+        dG_last = dGl * tl.exp(G_last) + tl.sum(dkg * b_k * eg, axis=0)
+        b_dG += tl.where((rows == L - 1)[:, None], dG_last[None, :], 0.)
+        _st_chunk(dq_p, b_dq, t0, L, i_h, H, K, o_k, m_k)
+        _st_chunk(dk_p, b_dk, t0, L, i_h, H, K, o_k, m_k)
+        _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
+
     # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
     b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
     b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
     b_dP = tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.)
     _st_chunk(dA, b_dA, t0, L, i_h, H, 64, o_c, o_c < 64)
     _st_chunk(dP, b_dP, t0, L, i_h, H, 64, o_c, o_c < 64)
-    _st_chunk(dq_p, b_dq, t0, L, i_h, H, K, o_k, m_k)
-    _st_chunk(dk_p, b_dk, t0, L, i_h, H, K, o_k, m_k)
-    _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
     tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
 
 
@@ -329,7 +341,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
         dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, BK=BK, PREC=prec,
+        H=H, K=K, V=V, PREC=prec,
     )
 
     dq = torch.empty_like(q)
