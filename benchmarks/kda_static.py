@@ -70,7 +70,8 @@ def kernels(dtype):
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G Aqk dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_new", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
@@ -84,6 +85,7 @@ def kernels(dtype):
         ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
+        ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),
         ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,

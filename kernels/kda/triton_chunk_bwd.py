@@ -1,12 +1,13 @@
-"""Chunkwise KDA backward in Triton: three kernels, reading what the forward saved.
+"""Chunkwise KDA backward in Triton: four kernels, reading what the forward saved.
 
 Per chunk (one head), with h the state entering the chunk, dh the gradient of the state leaving it,
 T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp(G_last - G):
 
     forward:   v_new = T Y - (T X) h,  o = qg h + Aqk v_new,  S_next = exp(G_last) h + kg^T v_new
 
-1. `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks, on the forward's pre-decayed
-   qg and kg:
+1. `_bwd_dv_local_kernel` (V-block, chunk, head): dv_new = Aqk^T do, every chunk in parallel; then
+   `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks, on the forward's pre-decayed
+   qg and kg, adds the state part:
        dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
    stores dh per chunk, dv_new, and the initial-state gradient.
 2. `_bwd_inter_kernel` (chunk, head): everything that contracts over V, the value-side terms in one
@@ -30,12 +31,33 @@ from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
 
 
+@autotune([config(4, 1, BV=64), config(8, 2, BV=64), config(4, 2, BV=32)], key=["H", "V"])
+@triton.jit
+def _bwd_dv_local_kernel(
+    Aqk, do, dv_new,                  # Aqk [NTOK,H,64] f32; do [NTOK,H,V]; out dv_new [NTOK,H,V] f32
+    cu_seqlens, chunk_seq, chunk_pos,
+    H, V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """The state-free part of dv_new, Aqk^T do, for every chunk in parallel: the reverse state pass
+    then only adds kg dh (one dot less and no Aqk tile in its sequential loop)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    o_c = tl.arange(0, 64)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                    # [64, 64]
+    b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
+    _st_chunk(dv_new, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
+
+
 @autotune([config(4, 2, BV=16), config(8, 1, BV=16), config(8, 1, BV=32), config(8, 2, BV=32),
            config(16, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
-    qg, kg, w, G, Aqk, do,            # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; Aqk [NTOK,H,64]
-    dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V]; dht, dh0 [N,H,K,V]
+    qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
+    dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V] (in: Aqk^T do, out: + kg dh); dht, dh0
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -48,7 +70,6 @@ def _bwd_state_kernel(
     c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    o_c = tl.arange(0, 64)
     m_k, m_v = o_k < K, o_v < V
     p_kv = o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
@@ -62,14 +83,12 @@ def _bwd_state_kernel(
         L = tl.minimum(eos - t0, 64).to(tl.int32)
         tl.store(dh + ((c0 + i) * H + i_h) * K * V + p_kv, dS.to(dh.dtype.element_ty), mask=m_kv)
         G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
-        # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; Aqk^T do stays fp32
+        # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; dv_new stays fp32
         b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # k exp(G_last - G)
         b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # scale q exp(G)
         b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                  # [64, BK]
-        b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                # [64, 64]
         b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                      # [64, BV]
-        b_dvn = (tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-                 + tl.dot(b_kg, dS.to(DOT), input_precision=PREC))
+        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v) + tl.dot(b_kg, dS.to(DOT), input_precision=PREC)
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
         dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DOT), input_precision=PREC)
               - tl.dot(tl.trans(b_w), b_dvn.to(DOT), input_precision=PREC))
@@ -322,8 +341,11 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     # one compiled variant: a missing dht is read as zeros, dh0 always computed
     dh0 = torch.empty(N, H, K, V, **f32)
     dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
+    _bwd_dv_local_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NC, H)](
+        Aqk, do, dv_new, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec,
+    )
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        qg, kg, w, G, Aqk, do, dh, dv_new, dht, dh0,
+        qg, kg, w, G, do, dh, dv_new, dht, dh0,
         cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK, HAS_DHT=True, STORE_DH0=True, PREC=prec,
         DOT=dot_dtype(q.dtype),

@@ -1,17 +1,18 @@
-"""Chunkwise KDA forward in Triton: three kernels (the math is in chunk_torch.py's docstring).
+"""Chunkwise KDA forward in Triton: four kernels (the math is in chunk_torch.py's docstring).
 
 1. `_fwd_intra_kernel`, one program per (chunk, head), everything that needs no state:
    the gate (optionally -exp(A_log) * softplus(x + dt_bias)) and its chunk-local cumulative sum G,
    optional L2 norm of q/k, the intra-chunk matrices Akk (strictly lower, times beta) and Aqk
-   (lower, times scale) in 16 x 16 blocks with exact decays, T = (I + Akk)^-1 by blockwise forward
-   substitution, and the WY factors w = T (beta k exp(G)), u = T (beta v).
-   It also writes the pre-decayed qg = scale q exp(G) and kg = k exp(G_last - G) in the input dtype,
-   so the sequential passes and the output read one half-precision tile instead of k or q plus an
-   fp32 G tile and its exponentials.
-2. `_fwd_state_kernel`, one program per (sequence, head, V-block): the sequential pass over the
+   (lower, times scale) in 16 x 16 blocks with exact decays, summed over channel blocks, and
+   T = (I + Akk)^-1 by blockwise forward substitution.
+2. `_fwd_wy_kernel`, one program per (chunk, head): the WY factors w = T (beta k exp(G)) and
+   u = T (beta v) as 64 x 64 products over column blocks, and the pre-decayed qg = scale q exp(G) and
+   kg = k exp(G_last - G) in the input dtype, so the sequential pass and the output read one
+   half-precision tile instead of k or q plus an fp32 G tile and its exponentials.
+3. `_fwd_state_kernel`, one program per (sequence, head, V-block): the sequential pass over the
    sequence's chunks; stores the state h entering each chunk and the corrected values
    v_new = u - w h.  S_next = exp(G_last) * S + kg^T v_new.
-3. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = qg h + Aqk v_new.
+4. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = qg h + Aqk v_new.
 
 Precision (benchmarks/kda_precision.py): the key path (w, qg, kg and the dots w S, kg^T v_new, qg h)
 runs in the input dtype; the value path (u, v_new, Aqk) and the state stay float32.
