@@ -75,7 +75,7 @@ def kernels(dtype):
     inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
-                   **ptr("g G dA dP dq_p dk_p dG_p dbeta_p A_log dt_bias dg dbias_p dAlog_p", f32),
+                   **ptr("g G dA dP dq_p dk_p dG_p dbeta_p A_log dt_bias dg dbias_p dAlog_p dbeta_acc dqn dkn", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     base = dict(K=K, V=V, BK=128, PREC=prec)
     dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)

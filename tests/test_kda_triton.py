@@ -75,6 +75,7 @@ CHUNK_CASES = [
     (1, 130, 1, 32, 16, [1, 65, 64], False, False),         # 1-token sequence, 65, 64
     (2, 70, 1, 16, 16, None, True, True),                   # gate and q/k L2 norm in the kernel
     (1, 1, 1, 16, 16, None, True, False),                   # a single token
+    (1, 80, 1, 64, 32, [30, 50], True, True),               # K = 64: several channel blocks per kernel
 ]
 
 

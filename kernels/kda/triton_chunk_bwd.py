@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import ld_cc, ld_row, ld_rows, st_rows
+from .triton_blocks import ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
 
@@ -192,132 +192,156 @@ def _bwd_inter_kernel(
     tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
 
 
-@autotune([config(8, 1), config(16, 1), config(4, 1)], key=["H", "K", "USE_L2NORM", "USE_GATE"])
+@autotune([config(8, 1, BC=32), config(8, 1, BC=16), config(16, 1, BC=32), config(4, 1, BC=16)],
+          key=["H", "K", "USE_L2NORM", "USE_GATE"])
 @triton.jit
 def _bwd_intra_kernel(
     q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
     q_raw, k_raw, A_log, dt_bias,
     dq, dk, dg, dbeta, dbias_p, dAlog_p,      # dbias_p [NC, H, K], dAlog_p [NC, H] (gate only)
+    dbeta_acc, dqn, dkn,                      # f32 scratch: [NTOK, H]; [NTOK, H, K] x2 (L2 norm only)
     cu_seqlens, chunk_seq, chunk_pos,
-    H, K: tl.constexpr, BK: tl.constexpr,
+    H, K: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
     USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
+    """Every term is per channel except sums over channels (dbeta, dA_log) and the L2-norm backward:
+    the work runs over channel blocks of BC (fewer live registers), dbeta accumulates in a scratch
+    row, and with the L2 norm the pre-norm dq, dk go through scratch to a last full-row pass."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_seq + i_c)
     t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
     L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
     r16 = tl.arange(0, 16)
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
     if USE_GATE:
         a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
-        bias = tl.zeros([BK], dtype=tl.float32)
-        if HAS_DT_BIAS:
-            bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-        dbias_acc = tl.zeros([BK], dtype=tl.float32)
-        dAlog_acc = tl.zeros([BK], dtype=tl.float32)
+        dAlog_tot = tl.zeros([BC], dtype=tl.float32)
 
-    carry = tl.zeros([BK], dtype=tl.float32)            # sum of dG over the rows after this block
-    for I in tl.static_range(3, -1, -1):
-        rI = I * 16
-        rows = rI + r16
-        m_r = rows < L
-        m = m_r[:, None] & m_k[None, :]
-        qI = ld_rows(q, t0, rI, L, i_h, H, K, BK)
-        kI = ld_rows(k, t0, rI, L, i_h, H, K, BK)
-        GI = ld_rows(G, t0, rI, L, i_h, H, K, BK)
-        bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
-
-        # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
-        b_dq = tl.zeros([16, BK], dtype=tl.float32)
-        b_R = tl.zeros([16, BK], dtype=tl.float32)
-        if I > 0:
-            Gr = ld_row(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, BK)
-            for J in tl.static_range(I):
-                rJ = J * 16
-                mJ = (rJ + r16) < L
-                kJe = ld_rows(k, t0, rJ, L, i_h, H, K, BK) * tl.where(
-                    mJ[:, None], tl.exp(Gr[None, :] - ld_rows(G, t0, rJ, L, i_h, H, K, BK)), 0.)
-                b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-                b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-            eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
-            b_dq *= eI
-            b_R *= eI
-        p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
-        for j in range(16):
-            kj = ld_row(k, t0, rI + j, L, i_h, H, K, BK)
-            Gj = ld_row(G, t0, rI + j, L, i_h, H, K, BK)
-            e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
-            cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
-            cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
-            kje = kj[None, :] * e
-            b_dq += cP[:, None] * kje
-            b_R += cA[:, None] * kje
-
-        # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
-        b_dkc = tl.zeros([16, BK], dtype=tl.float32)
-        for Ip in tl.static_range(I + 1, 4):
-            rP = Ip * 16
-            mP = (rP + r16) < L
-            Grp = ld_row(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, BK)
-            eP = tl.where(mP[:, None], tl.exp(ld_rows(G, t0, rP, L, i_h, H, K, BK) - Grp[None, :]), 0.)
-            bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
-            kPe = ld_rows(k, t0, rP, L, i_h, H, K, BK) * eP * bP[:, None]           # dM = beta_i dA
-            qPe = ld_rows(q, t0, rP, L, i_h, H, K, BK) * eP
-            acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
-                   + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
-            b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
-        for i in range(16):
-            ri = rI + i
-            ki = ld_row(k, t0, ri, L, i_h, H, K, BK)
-            qi = ld_row(q, t0, ri, L, i_h, H, K, BK)
-            Gi = ld_row(G, t0, ri, L, i_h, H, K, BK)
-            e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
-            p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
-            rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
-            bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
-            rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
-            b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
-
-        # combine with the partials of the inter kernel
-        b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows(dG_p, t0, rI, L, i_h, H, K, BK))
-        b_dq += ld_rows(dq_p, t0, rI, L, i_h, H, K, BK)
-        b_dk = bI[:, None] * b_R + b_dkc + ld_rows(dk_p, t0, rI, L, i_h, H, K, BK)
-        b_db = tl.sum(kI * b_R, axis=1) + tl.load(dbeta_p + (t0 + rows) * H + i_h, mask=m_r, other=0.)
-        tl.store(dbeta + (t0 + rows) * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_r)
-
-        # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
-        tot = tl.sum(b_dG, axis=0)
-        b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
-        carry += tot
+    for c0 in range(0, K, BC):
+        o_k = c0 + tl.arange(0, BC)
+        m_k = o_k < K
         if USE_GATE:
-            x = ld_rows(g, t0, rI, L, i_h, H, K, BK) + bias[None, :]
-            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
-            z = tl.exp(-tl.abs(x))
-            sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
-            b_dx = tl.where(m, b_dg * a * sig, 0.)
-            dbias_acc += tl.sum(b_dx, axis=0)
-            dAlog_acc += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
-            st_rows(dg, b_dx, t0, rI, L, i_h, H, K, BK)
-        else:
-            st_rows(dg, b_dg, t0, rI, L, i_h, H, K, BK)
+            bias = tl.zeros([BC], dtype=tl.float32)
+            if HAS_DT_BIAS:
+                bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+            dbias_acc = tl.zeros([BC], dtype=tl.float32)
+        carry = tl.zeros([BC], dtype=tl.float32)            # sum of dG over the rows after this block
+        for I in tl.static_range(3, -1, -1):
+            rI = I * 16
+            rows = rI + r16
+            m_r = rows < L
+            m = m_r[:, None] & m_k[None, :]
+            qI = ld_rows_at(q, t0, rI, L, i_h, H, K, c0, BC)
+            kI = ld_rows_at(k, t0, rI, L, i_h, H, K, c0, BC)
+            GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
+            bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
 
+            # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
+            b_dq = tl.zeros([16, BC], dtype=tl.float32)
+            b_R = tl.zeros([16, BC], dtype=tl.float32)
+            if I > 0:
+                Gr = ld_row_at(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, c0, BC)
+                for J in tl.static_range(I):
+                    rJ = J * 16
+                    mJ = (rJ + r16) < L
+                    kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.where(
+                        mJ[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
+                    b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+                    b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+                eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
+                b_dq *= eI
+                b_R *= eI
+            p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
+            for j in range(16):
+                kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
+                Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
+                e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
+                cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
+                cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
+                kje = kj[None, :] * e
+                b_dq += cP[:, None] * kje
+                b_R += cA[:, None] * kje
+
+            # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
+            b_dkc = tl.zeros([16, BC], dtype=tl.float32)
+            for Ip in tl.static_range(I + 1, 4):
+                rP = Ip * 16
+                mP = (rP + r16) < L
+                Grp = ld_row_at(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, c0, BC)
+                eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
+                bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
+                kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]     # dM = beta_i dA
+                qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
+                acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
+                       + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
+                b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
+            for i in range(16):
+                ri = rI + i
+                ki = ld_row_at(k, t0, ri, L, i_h, H, K, c0, BC)
+                qi = ld_row_at(q, t0, ri, L, i_h, H, K, c0, BC)
+                Gi = ld_row_at(G, t0, ri, L, i_h, H, K, c0, BC)
+                e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
+                p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
+                rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
+                bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
+                rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
+                b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
+
+            # combine with the partials of the inter kernel
+            b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC))
+            b_dq += ld_rows_at(dq_p, t0, rI, L, i_h, H, K, c0, BC)
+            b_dk = bI[:, None] * b_R + b_dkc + ld_rows_at(dk_p, t0, rI, L, i_h, H, K, c0, BC)
+            # dbeta = the inter partial + sum over channel blocks (the first block starts from the partial)
+            p_b = (t0 + rows) * H + i_h
+            prev = tl.where(c0 == 0, tl.load(dbeta_p + p_b, mask=m_r, other=0.),
+                            tl.load(dbeta_acc + p_b, mask=m_r & (c0 > 0), other=0.))
+            tl.store(dbeta_acc + p_b, prev + tl.sum(kI * b_R, axis=1), mask=m_r)
+
+            # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
+            tot = tl.sum(b_dG, axis=0)
+            b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
+            carry += tot
+            p_x = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
+            if USE_GATE:
+                x = ld_rows_at(g, t0, rI, L, i_h, H, K, c0, BC) + bias[None, :]
+                sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+                z = tl.exp(-tl.abs(x))
+                sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
+                b_dx = tl.where(m, b_dg * a * sig, 0.)
+                dbias_acc += tl.sum(b_dx, axis=0)
+                dAlog_tot += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
+                tl.store(dg + p_x, b_dx.to(dg.dtype.element_ty), mask=m)
+            else:
+                tl.store(dg + p_x, b_dg.to(dg.dtype.element_ty), mask=m)
+            if USE_L2NORM:                      # pre-norm gradients; the norm backward needs whole rows
+                tl.store(dqn + p_x, b_dq, mask=m)
+                tl.store(dkn + p_x, b_dk, mask=m)
+            else:
+                tl.store(dq + p_x, b_dq.to(dq.dtype.element_ty), mask=m)
+                tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m)
+        if USE_GATE:
+            tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
+
+    # the rows written above by other threads of this program are read below
+    tl.debug_barrier()
+    for I in tl.static_range(4):
+        rows = I * 16 + r16
+        p_b = (t0 + rows) * H + i_h
+        db = tl.load(dbeta_acc + p_b, mask=rows < L, other=0.)
+        tl.store(dbeta + p_b, db.to(dbeta.dtype.element_ty), mask=rows < L)
         if USE_L2NORM:
             # y = x * rsqrt(|x|^2 + eps):  dx = rsqrt(.) * (dy - y (y . dy))
-            xq = ld_rows(q_raw, t0, rI, L, i_h, H, K, BK)
+            xq = ld_rows(q_raw, t0, I * 16, L, i_h, H, K, BK)
             rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)
             yq = xq * rq[:, None]
-            b_dq = rq[:, None] * (b_dq - yq * tl.sum(yq * b_dq, axis=1)[:, None])
-            xk = ld_rows(k_raw, t0, rI, L, i_h, H, K, BK)
+            dyq = ld_rows(dqn, t0, I * 16, L, i_h, H, K, BK)
+            st_rows(dq, rq[:, None] * (dyq - yq * tl.sum(yq * dyq, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
+            xk = ld_rows(k_raw, t0, I * 16, L, i_h, H, K, BK)
             rk = tl.rsqrt(tl.sum(xk * xk, axis=1) + 1e-6)
             yk = xk * rk[:, None]
-            b_dk = rk[:, None] * (b_dk - yk * tl.sum(yk * b_dk, axis=1)[:, None])
-        st_rows(dq, b_dq, t0, rI, L, i_h, H, K, BK)
-        st_rows(dk, b_dk, t0, rI, L, i_h, H, K, BK)
-
+            dyk = ld_rows(dkn, t0, I * 16, L, i_h, H, K, BK)
+            st_rows(dk, rk[:, None] * (dyk - yk * tl.sum(yk * dyk, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
     if USE_GATE:
-        tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
-        tl.store(dAlog_p + i_c.to(tl.int64) * H + i_h, tl.sum(dAlog_acc, axis=0))
+        tl.store(dAlog_p + i_c.to(tl.int64) * H + i_h, tl.sum(dAlog_tot, axis=0))
 
 
 def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, table, saved,
@@ -372,10 +396,13 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     dbeta = torch.empty_like(beta)
     dbias_p = torch.empty(NC, H, K, **f32) if use_gate_in_kernel else dummy
     dAlog_p = torch.empty(NC, H, **f32) if use_gate_in_kernel else dummy
+    dbeta_acc = torch.empty(1, NTOK, H, **f32)
+    dqn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dummy
+    dkn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dummy
     _bwd_intra_kernel[(NC, H)](
         qn, kn, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
         q, k, A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
-        dq, dk, dg, dbeta, dbias_p, dAlog_p,
+        dq, dk, dg, dbeta, dbias_p, dAlog_p, dbeta_acc, dqn, dkn,
         cu_seqlens, chunk_seq, chunk_pos,
         H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
         HAS_DT_BIAS=dt_bias is not None, PREC=prec,
