@@ -53,7 +53,7 @@ def _bwd_dv_local_kernel(
 
 
 @autotune([config(4, 2, BV=16), config(8, 1, BV=16), config(8, 1, BV=32), config(8, 2, BV=32),
-           config(16, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
+           config(16, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"], restore_value=["dv_new"])   # += in place
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]

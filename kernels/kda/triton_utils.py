@@ -81,14 +81,19 @@ def config(num_warps, num_stages, **meta):
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-def autotune(configs, key):
+def autotune(configs, key, restore_value=None):
     """`triton.autotune` over `configs` (the fastest is kept per key and cached on disk). Under the
     interpreter only the first config runs: the CPU tests check arithmetic, not speed.
+
+    Tuning runs a kernel several times on the real arguments, so a kernel that updates one of them in
+    place must name it in `restore_value` (saved before and restored after each trial); the CPU tests
+    cannot catch a missing name.
 
     The candidates come from benchmarks/kda_static.py: on sm_90 the single configs used before spilled
     1-8 KB of registers per thread in every chunk kernel; the lists hold the ones that spill least."""
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return triton.autotune(configs=configs[:1] if interpreting else configs, key=key, cache_results=True)
+    return triton.autotune(configs=configs[:1] if interpreting else configs, key=key, cache_results=True,
+                           restore_value=restore_value)
 
 
 def size_bucket(n):
