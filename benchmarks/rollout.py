@@ -118,8 +118,9 @@ def fmt(value):
 MODELS = {"hybrid": ("hybrid (6 KDA + 2 MLA)", False), "mla": ("all-MLA (8 MLA)", True)}
 
 
-def run_model(key, args, tmp):
-    """Every cell for one model: vLLM in a child process, then the embedded engine here. Returns table rows."""
+def run_model(key, args, tmp, save):
+    """Every cell for one model: vLLM in a child process, then the embedded engine here. `save(rows)` is
+    called after the vLLM cells and after every embedded cell, so a run cut short keeps what it measured."""
     name, all_mla = MODELS[key]
     torch.manual_seed(0)
     model = KimiLinearForCausalLM(bench_config(all_mla)).to(torch.bfloat16)
@@ -129,37 +130,61 @@ def run_model(key, args, tmp):
     result_file = Path(tmp) / f"{key}.json"
     code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
             f"{str(result_file)!r}, {all_mla})")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    print(proc.stdout[-2000:], flush=True)
+    # the child's stdout (one line per cell) streams into this run's log; stderr (vLLM's logs) is kept for
+    # the failure reason
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True,
+                          timeout=900)
     done = json.loads(result_file.read_text()) if result_file.exists() else {}
     reason = f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}"
     vllm = {f"{b}x{l}": done.get(f"{b}x{l}", reason) for b, l in CELLS}
     model = model.cuda().eval()
-    start, rows = time.perf_counter(), []
+    cache = {f"{b}x{l}": cache_bytes_per_sequence(model.config, l, torch.bfloat16)["total"] / 2**20 for b, l in CELLS}
+    embedded = {f"{b}x{l}": ("pending" if f"{b}x{l}" in args.embedded_cells.split(",") else "not run")
+                for b, l in CELLS}
+
+    def rows():
+        return [f"| {name}, {params:.0f}M | {b} | {l:,} | {fmt(vllm[f'{b}x{l}'])} | {fmt(embedded[f'{b}x{l}'])} "
+                f"| {cache[f'{b}x{l}']:,.1f} MiB |" for b, l in CELLS]
+
+    save(rows())
+    start = time.perf_counter()
     for batch, length in CELLS:
         cell = f"{batch}x{length}"
-        embedded = "not run"
-        if cell in args.embedded_cells.split(","):
+        if embedded[cell] == "pending":
             if time.perf_counter() - start > args.budget_s:
-                embedded = "skipped (time budget)"
+                embedded[cell] = "skipped (time budget)"
             else:
                 try:
-                    embedded = embedded_cell(model, batch, length)
+                    embedded[cell] = embedded_cell(model, batch, length)
                 except torch.cuda.OutOfMemoryError:
-                    embedded = "out of memory"
+                    embedded[cell] = "out of memory"
                 except Exception as error:    # report the cell, keep the table
-                    embedded = f"failed: {type(error).__name__}: {str(error)[:80]}"
+                    embedded[cell] = f"failed: {type(error).__name__}: {str(error)[:80]}"
                 torch.cuda.empty_cache()
-        cache = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
-        rows.append(f"| {name}, {params:.0f}M | {batch} | {length:,} | {fmt(vllm[cell])} | {fmt(embedded)} "
-                    f"| {cache:,.1f} MiB |")
-    return rows
+            save(rows())
+    return rows()
+
+
+def write_tables(rows, device, slug):
+    """benchmarks/results/rollout_<device>.json (rows per model, kept across runs) and the .md table."""
+    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.json").write_text(json.dumps(rows, indent=1))
+    text = "\n".join([
+        f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
+        f"bf16, greedy; tokens/s of {DECODE_TOKENS} decode steps with the whole batch decoding (after every "
+        "sequence's prefill, after one untimed run of the cell), random prompts of the given context. Cache per "
+        "sequence is the analytic size of the KDA states + MLA latents at that context "
+        "(`model.cache_bytes_per_sequence`). 'pending': the run ended before that cell.", "",
+        "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
+        "|---|---:|---:|---:|---:|---:|", *(r for key in MODELS if key in rows for r in rows[key])]) + "\n"
+    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
+    return text
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-s", type=float, default=300, help="time budget per engine and model")
-    parser.add_argument("--embedded-cells", default="64x4096,256x4096,64x32768")
+    parser.add_argument("--embedded-cells", default="64x4096,256x4096,64x32768",
+                        help="comma-separated BxL cells for the embedded engine ('none': vLLM only)")
     parser.add_argument("--models", default="hybrid,mla",
                         help="which to run now; rows of a model run earlier on this device are kept")
     args = parser.parse_args()
@@ -169,17 +194,11 @@ def main():
     rows = json.loads(rows_file.read_text()) if rows_file.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
-            rows[key] = run_model(key, args, tmp)
-            rows_file.write_text(json.dumps(rows, indent=1))
-    text = "\n".join([
-        f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
-        f"bf16, greedy; tokens/s of {DECODE_TOKENS} decode steps with the whole batch decoding (after every "
-        "sequence's prefill), random prompts of the given context. Cache per sequence is the analytic size of the "
-        "KDA states + MLA latents at that context (`model.cache_bytes_per_sequence`).", "",
-        "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
-        "|---|---:|---:|---:|---:|---:|", *(r for key in MODELS if key in rows for r in rows[key])]) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
+            def save(model_rows, key=key):
+                rows[key] = model_rows
+                write_tables(rows, device, slug)
+            run_model(key, args, tmp, save)
+    print(write_tables(rows, device, slug))
 
 
 if __name__ == "__main__":
