@@ -1,0 +1,119 @@
+"""Where vLLM's decode step time goes for the hybrid benchmark model (GPU machine, vLLM kit).
+
+benchmarks/rollout.py measured 8.3 ms per decode step for the 106M hybrid at 64 x 4K, several times
+what its bytes say. Reading vLLM 0.26 (no run yet) says pure-decode batches should replay a full CUDA
+graph (FULL_AND_PIECEWISE, KDA through fused_recurrent_kda, FA3 for MLA) with async scheduling on, so
+this script checks that on the machine:
+
+  1. decode tokens/s with and without per-token logprobs (the RL engine asks for them);
+  2. the inter-token latency from vLLM's own metrics (`get_metrics()`, needs log stats on);
+  3. a torch-profiler trace of decode steps only (`profiler_config`, start_profile / stop_profile),
+     whose kernel table (profiler_out_*.txt) says GPU-bound or CPU-bound.
+
+    PYTHONPATH=/tmp/site:. python3 benchmarks/vllm_decode_profile.py --out $OUT [--mode default|full_decode_only]
+
+`--mode full_decode_only` builds the engine with compilation off and full CUDA graphs for decode only
+(sizes 64 and 256) and synchronous scheduling: a second data point, and a faster start.
+Writes OUT/vllm_decode_<mode>.md (+ the profiler's files under OUT/trace_<mode>/).
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.rollout import VLLM_PREFILL_TOKENS, bench_config, random_prompts, warm_start  # noqa: E402
+from model import KimiLinearForCausalLM  # noqa: E402
+
+DECODE = 128
+
+
+def build_llm(path, mode, context, trace_dir, first):
+    from vllm import LLM
+    kwargs = dict(model=str(path), dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=context + 1024,
+                  max_num_seqs=256, skip_tokenizer_init=True, enable_prefix_caching=False, disable_log_stats=False,
+                  profiler_config={"profiler": "torch", "torch_profiler_dir": str(trace_dir),
+                                   "torch_profiler_with_stack": False, "ignore_frontend": True,
+                                   "delay_iterations": first, "max_iterations": 16})
+    if mode == "full_decode_only":
+        kwargs.update(compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY",
+                                          "cudagraph_capture_sizes": [64, 256]}, async_scheduling=False)
+    return LLM(**kwargs)
+
+
+def tokens_per_s(llm, prompts, first, logprobs):
+    """B * DECODE / (t(first + DECODE) - t(first)), after an untimed run of the same shape."""
+    from vllm import SamplingParams
+
+    def run(new):
+        params = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, logprobs=logprobs)
+        t0 = time.perf_counter()
+        llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return time.perf_counter() - t0
+
+    run(first)
+    t1, t2 = run(first), run(first + DECODE)
+    return len(prompts) * DECODE / (t2 - t1) if t2 > t1 else float("nan")
+
+
+def inter_token_latency(llm):
+    """Mean inter-token latency (s) over everything generated so far, from vLLM's histogram."""
+    for metric in llm.get_metrics():
+        if metric.name == "vllm:inter_token_latency_seconds" and getattr(metric, "count", 0):
+            return metric.sum / metric.count
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--mode", default="default", choices=["default", "full_decode_only"])
+    ap.add_argument("--cells", default="64x4096,256x4096", help="comma-separated BxL")
+    args = ap.parse_args()
+    out = Path(args.out)
+    cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")]
+    context = max(length for _, length in cells)
+    lines = [f"# vLLM decode, hybrid 106M ({torch.cuda.get_device_name()}), mode {args.mode}", "",
+             "| batch | context | tokens/s, no logprobs | tokens/s, logprobs=0 | ms per step (no logprobs) |",
+             "|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        KimiLinearForCausalLM(bench_config(False)).to(torch.bfloat16).save_pretrained(tmp)
+        trace_dir = (out / f"trace_{args.mode}").resolve()
+        first = warm_start(*cells[0], VLLM_PREFILL_TOKENS)
+        llm = build_llm(tmp, args.mode, context, trace_dir, first)
+        llm.generate([{"prompt_token_ids": p} for p in random_prompts(4, 256)], use_tqdm=False)   # warm-up
+        results = {}
+        for batch, length in cells:
+            prompts = random_prompts(batch, length)
+            d1 = warm_start(batch, length, VLLM_PREFILL_TOKENS)
+            plain = tokens_per_s(llm, prompts, d1, None)
+            with_lp = tokens_per_s(llm, prompts, d1, 0)
+            results[f"{batch}x{length}"] = dict(no_logprobs=plain, logprobs=with_lp)
+            lines.append(f"| {batch} | {length:,} | {plain:,.0f} | {with_lp:,.0f} | {batch / plain * 1e3:.2f} |")
+            print(lines[-1], flush=True)
+        itl = inter_token_latency(llm)
+        lines += ["", f"Mean inter-token latency over all requests (vLLM metrics, prefill steps included): "
+                  f"{itl * 1e3:.2f} ms."]
+        # the profile: decode steps of the first cell only (the first `first` engine steps are prefill)
+        from vllm import SamplingParams
+        batch, length = cells[0]
+        llm.start_profile()
+        llm.generate([{"prompt_token_ids": p} for p in random_prompts(batch, length)],
+                     SamplingParams(temperature=0, max_tokens=first + 32, ignore_eos=True), use_tqdm=False)
+        llm.stop_profile()
+        lines += ["", f"Profile: {trace_dir} (decode steps {first}..{first + 16} of {batch} x {length:,})."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (out / f"vllm_decode_{args.mode}.md").write_text(text)
+    (out / f"vllm_decode_{args.mode}.json").write_text(json.dumps(dict(results=results, itl_s=itl), indent=1))
+
+
+if __name__ == "__main__":
+    main()
