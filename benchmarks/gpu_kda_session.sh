@@ -8,8 +8,15 @@
 # in /tmp/site) or, lighter (8 MB, one call), from .kdakit/site: fla/, fla_core + flash_linear_attention
 # dist-info and einops unpacked from ~/.cache/gpu-kit/core-*.tar.xz, carried with carry=[".kdakit"].
 export PYTHONPATH=$PWD/.kdakit/site:/tmp/site:$PWD PYTHONUNBUFFERED=1
+# `sh benchmarks/gpu_kda_session.sh 1` runs the bf16 check and the benchmark, `... 2` the fla comparison and
+# the fp32 check (two device calls on one warm machine); no argument runs all four.
+PART=${1:-all}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
-python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --no-fla --out $OUT/correctness_bf16.md 2>&1 | tee $OUT/check_bf16.log
-python3 benchmarks/kda_kernels.py --out $OUT/bench.md 2>&1 | tee $OUT/bench.log
-python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
-python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log
+if [ "$PART" != 2 ]; then
+  python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --no-fla --out $OUT/correctness_bf16.md 2>&1 | tee $OUT/check_bf16.log
+  python3 benchmarks/kda_kernels.py --out $OUT/bench.md 2>&1 | tee $OUT/bench.log
+fi
+if [ "$PART" != 1 ]; then
+  python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
+  python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log
+fi
