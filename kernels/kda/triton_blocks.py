@@ -17,11 +17,7 @@ import triton.language as tl
 @triton.jit
 def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
     """[16, BD] float32 tile: rows r0..r0+15 of the chunk, zero past L or past D."""
-    rows = r0 + tl.arange(0, 16)
-    o_d = tl.arange(0, BD)
-    m = (rows < L)[:, None] & (o_d < D)[None, :]
-    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
-    return tl.load(p, mask=m, other=0.).to(tl.float32)
+    return ld_rows_at(base, t0, r0, L, i_h, H, D, 0, BD)
 
 
 @triton.jit
@@ -55,9 +51,7 @@ def st_rows(base, x, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 @triton.jit
 def ld_row(base, t0, r, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
     """[BD] float32: row r of the chunk, zero when r >= L."""
-    o_d = tl.arange(0, BD)
-    p = base + ((t0 + r) * H + i_h).to(tl.int64) * D + o_d
-    return tl.load(p, mask=(o_d < D) & (r < L), other=0.).to(tl.float32)
+    return ld_row_at(base, t0, r, L, i_h, H, D, 0, BD)
 
 
 @triton.jit

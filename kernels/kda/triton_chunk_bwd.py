@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .triton_blocks import ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
-from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
+from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
 
 
 @autotune([config(4, 1, BV=64), config(8, 2, BV=64), config(4, 2, BV=32)], key=["H", "V"])
@@ -173,7 +173,7 @@ def _bwd_inter_kernel(
         b_dq = dqg * e * scale
         b_dG += dqg * b_q * e * scale
         # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
-        G_last = tl.load(G + ((t0 + L - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        G_last = ld_row_at(G, t0, L - 1, L, i_h, H, K, c0, BC)
         eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
         b_dk += dkg * eg
         b_dG -= dkg * b_k * eg
@@ -353,7 +353,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
     BK = next_pow2(K)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = dot_precision(q.dtype)
     f32 = dict(device=q.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
     G, qn, kn, w, Aqk, Tm, h, v_new, qg, kg = (saved[x] for x in ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new",

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_rows, offdiag_blocks, st_cc,
-                            st_rows)
-from .triton_utils import CHUNK, autotune, config, dot_dtype, next_pow2, size_bucket
+from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_row_at, ld_rows, offdiag_blocks,
+                            st_cc, st_rows)
+from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
 
 
 @autotune([config(8, 1, BC=32), config(4, 1, BC=32), config(8, 1, BC=64), config(4, 1, BC=16)],
@@ -156,9 +156,7 @@ def _fwd_intra_kernel(
 @triton.jit
 def _ld_chunk(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     """[64, len(o_d)] float32 tile of the chunk's rows, columns o_d (mask m_d), zero past L."""
-    rows = tl.arange(0, 64)
-    p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
-    return tl.load(p, mask=(rows < L)[:, None] & m_d[None, :], other=0.).to(tl.float32)
+    return _ld_tile(base, t0, L, i_h, H, D, o_d, m_d).to(tl.float32)
 
 
 @triton.jit
@@ -202,7 +200,7 @@ def _fwd_wy_kernel(
         o_d = c0 + tl.arange(0, BC)
         m_d = o_d < K
         b_G = _ld_chunk(G, t0, L, i_h, H, K, o_d, m_d)                          # [64, BC]
-        G_last = tl.load(G + ((t0 + L - 1) * H + i_h) * K + o_d, mask=m_d, other=0.)    # [BC]
+        G_last = ld_row_at(G, t0, L - 1, L, i_h, H, K, c0, BC)                   # [BC]
         b_k = _ld_chunk(ks, t0, L, i_h, H, K, o_d, m_d)
         e = tl.where(m_r, tl.exp(b_G), 0.)
         b_X = (b_k * e * b_beta[:, None]).to(DOT)                                 # beta k e^G
@@ -295,7 +293,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
     BK = next_pow2(K)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = dot_precision(q.dtype)
     f32 = dict(device=q.device, dtype=torch.float32)
     dummy = torch.empty(1, **f32)
 
