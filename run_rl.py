@@ -11,17 +11,31 @@ import argparse
 import sys
 
 
+def look_at_run(command, *args):
+    """`plot RUN_DIR` (PNG curves) or `summary RUN_DIR [WINDOW]` (markdown means) of a run's metrics."""
+    most = 2 if command == "summary" else 1
+    run_dir = args[0] if args else None
+    window = args[1] if len(args) > 1 else "10"
+    if not 1 <= len(args) <= most or not window.isdigit() or int(window) < 1:
+        extra = " [WINDOW, steps per row >= 1]" if command == "summary" else ""
+        print(f"usage: run_rl.py {command} RUN_DIR{extra}", file=sys.stderr)
+        return 2
+    from rl.monitor import plot_run, summarize_run
+    try:
+        if command == "plot":
+            print("\n".join(str(path) for path in plot_run(run_dir)))
+        else:
+            print(summarize_run(run_dir, int(window)), end="")
+    except FileNotFoundError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["plot"]:
-        from rl.monitor import plot_run
-        for path in plot_run(argv[1]):
-            print(path)
-        return 0
-    if argv[:1] == ["summary"] and len(argv) >= 2:
-        from rl.monitor import summarize_run
-        print(summarize_run(argv[1], *(int(w) for w in argv[2:3])), end="")
-        return 0
+    if argv[:1] in (["plot"], ["summary"]):
+        return look_at_run(*argv)
     if argv[:1] == ["demo"]:
         from model.demo import main as model_demo
         return model_demo(*argv[1:2])

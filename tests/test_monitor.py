@@ -287,3 +287,13 @@ def test_summary_gives_window_means_and_evaluations(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| 1-2") or line.startswith("| 3-4")]
     assert rows == ["| 1-2 | 0.150 | 3.00 |", "| 3-4 | 0.600 | 7.00 |"]
     assert "| 0 | 0.250 |" in text and "| 4 | 0.500 |" in text
+
+
+def test_plot_and_summary_commands_reject_bad_arguments(tmp_path, capsys):
+    from run_rl import main
+    assert main(["summary"]) == 2 and "usage: run_rl.py summary RUN_DIR" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path), "0"]) == 2
+    assert main(["plot", str(tmp_path), "extra"]) == 2
+    assert main(["summary", str(tmp_path)]) == 2 and "no metrics.jsonl" in capsys.readouterr().err
+    synthetic_run(tmp_path, steps=4, eval_every=2)
+    assert main(["summary", str(tmp_path), "2"]) == 0 and "| 1-2 |" in capsys.readouterr().out
