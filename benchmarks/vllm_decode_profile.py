@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,11 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rollout import VLLM_PREFILL_TOKENS, bench_config, random_prompts, warm_start  # noqa: E402
+from benchmarks.rollout import (VLLM_PREFILL_TOKENS, bench_config, fmt, random_prompts, timed_decode,  # noqa: E402
+                                warm_start)
 from model import KimiLinearForCausalLM  # noqa: E402
-
-DECODE = 128
-
 
 def build_llm(path, mode, context, trace_dir, first):
     from vllm import LLM
@@ -48,18 +45,14 @@ def build_llm(path, mode, context, trace_dir, first):
 
 
 def tokens_per_s(llm, prompts, first, logprobs):
-    """B * DECODE / (t(first + DECODE) - t(first)), after an untimed run of the same shape."""
+    """Decode tokens/s as benchmarks/rollout.py measures it (`timed_decode`), straight on `vllm.LLM`."""
     from vllm import SamplingParams
 
-    def run(new):
+    def run(prompts, new):
         params = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True, logprobs=logprobs)
-        t0 = time.perf_counter()
         llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        return time.perf_counter() - t0
 
-    run(first)
-    t1, t2 = run(first), run(first + DECODE)
-    return len(prompts) * DECODE / (t2 - t1) if t2 > t1 else float("nan")
+    return timed_decode(run, prompts, first)
 
 
 def inter_token_latency(llm):
@@ -96,7 +89,8 @@ def main():
             plain = tokens_per_s(llm, prompts, d1, None)
             with_lp = tokens_per_s(llm, prompts, d1, 0)
             results[f"{batch}x{length}"] = dict(no_logprobs=plain, logprobs=with_lp)
-            lines.append(f"| {batch} | {length:,} | {plain:,.0f} | {with_lp:,.0f} | {batch / plain * 1e3:.2f} |")
+            step_ms = f"{batch / plain * 1e3:.2f}" if isinstance(plain, float) else ""
+            lines.append(f"| {batch} | {length:,} | {fmt(plain)} | {fmt(with_lp)} | {step_ms} |")
             print(lines[-1], flush=True)
         itl = inter_token_latency(llm)
         lines += ["", f"Mean inter-token latency over all requests (vLLM metrics, prefill steps included): "
