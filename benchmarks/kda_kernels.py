@@ -138,11 +138,13 @@ def main():
         desc = f"({B}, {T}, {H}, {K})" if lens is None else f"packed 64 seqs, {B * T} tok, H={H}"
         rows.append((desc, flops_fwd(B * T, H, K, V), res))
         write_report(out, dev_name, impls, rows, extra)        # a run cut short keeps what it measured
-    extra += decode_line()
-    write_report(out, dev_name, impls, rows, extra)
-    if not args.no_profile:
-        extra += kernel_profile({n: f for n, f in impls.items() if n != "torch"})
-        write_report(out, dev_name, impls, rows, extra)
+        if len(rows) == 1:
+            # the profile and the decode line right after the first shape: a first run on a fresh
+            # machine spends minutes autotuning every shape, and these say the most per minute
+            if not args.no_profile:
+                extra += kernel_profile({n: f for n, f in impls.items() if n != "torch"})
+            extra += decode_line()
+            write_report(out, dev_name, impls, rows, extra)
     print(open(out).read())
 
 
@@ -174,7 +176,7 @@ def write_report(out, dev_name, impls, rows, extra):
              "TFLOP/s from the FLOP count in benchmarks/kda_kernels.py (fwd+bwd = 3 x fwd).", "",
              "| shape (B, T, H, K=V) | " + " | ".join(f"{n} fwd ms" for n in impls) + " | "
              + " | ".join(f"{n} fwd+bwd ms" for n in impls) + " | ours TFLOP/s fwd / fwd+bwd | ours/fla fwd | ours/fla fwd+bwd |",
-             "| --- " * (3 + 2 * len(impls)) + "|"]
+             "| --- " * (4 + 2 * len(impls)) + "|"]
     for desc, fl, res in rows:
         o = res["ours"]
         f = res.get("fla", (float("nan"), float("nan")))

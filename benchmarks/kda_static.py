@@ -46,18 +46,21 @@ def signature(fn, pointers, constexprs):
 
 
 def resources(fn, pointers, constexprs, num_warps, num_stages):
-    """(registers per thread, spill store bytes, spill load bytes, shared memory bytes) on sm_90."""
+    """(registers per thread, spill store bytes, spill load bytes, shared memory bytes, Hopper wgmma
+    instructions, Ampere-style mma.sync instructions) on sm_90; the last two are static PTX counts."""
     src = ASTSource(fn, signature(fn, pointers, constexprs), constexprs)
     compiled = triton.compile(src, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
+    wgmma = compiled.asm["ptx"].count("wgmma.mma_async")
+    mma = compiled.asm["ptx"].count("mma.sync")
     report = subprocess.run([PTXAS, "--gpu-name=sm_90a", "-v", f.name, "-o", os.devnull],
                             capture_output=True, text=True).stderr
     os.unlink(f.name)
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spill_st, spill_ld = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads",
                                                       report).groups())
-    return regs, spill_st, spill_ld, compiled.metadata.shared
+    return regs, spill_st, spill_ld, compiled.metadata.shared, wgmma, mma
 
 
 def kernels(dtype):
@@ -70,8 +73,9 @@ def kernels(dtype):
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_new", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G dh dv_new dht dh0", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_local", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G dv_local dh dv_new dht dh0", f32),
+                   **ptr("cu_seqlens chunk_offsets", i32)}
     inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
@@ -101,19 +105,22 @@ def main():
     args = ap.parse_args()
     lines = [f"# KDA kernels on sm_90 (static, {args.dtype} inputs, K = V = 128)", "",
              "`python benchmarks/kda_static.py`: Triton 3.6 offline compile for sm_90 + `ptxas -v`; no GPU involved.",
-             "Registers are per thread (255 max); spills in bytes per thread; shared memory per program.", "",
-             "| kernel | num_warps | num_stages | block | registers | spill stores | spill loads | shared KB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "Registers are per thread (255 max); spills in bytes per thread; shared memory per program;",
+             "wgmma / mma.sync: matrix instructions in the PTX (static counts: Hopper's warpgroup MMA, and the",
+             "older warp-level MMA Triton falls back to for small tiles, e.g. an M of 16).", "",
+             "| kernel | num_warps | num_stages | block | registers | spill stores | spill loads | shared KB "
+             "| wgmma / mma.sync |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, tuner, ptrs, consts in kernels(args.dtype):
         if args.only and name not in args.only.split(","):
             continue
         for cfg in tuner.configs:
             warps, stages, extra = cfg.num_warps, cfg.num_stages, cfg.kwargs
             try:
-                regs, st, ld, shared = resources(tuner.fn, ptrs, {**consts, **extra}, warps, stages)
-                row = f"{regs} | {st} | {ld} | {shared / 1024:.0f}"
+                regs, st, ld, shared, wgmma, mma = resources(tuner.fn, ptrs, {**consts, **extra}, warps, stages)
+                row = f"{regs} | {st} | {ld} | {shared / 1024:.0f} | {wgmma} / {mma}"
             except Exception as error:                     # e.g. out of shared memory: say so, go on
-                row = f"failed: {type(error).__name__}: {str(error)[:60]} | | |"
+                row = f"failed: {type(error).__name__}: {str(error)[:60]} | | | |"
             lines.append(f"| {name} | {warps} | {stages} | {extra or ''} | {row} |")
             print(lines[-1], flush=True)
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"kda_static_sm90_{args.dtype}.md")

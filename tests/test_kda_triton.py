@@ -97,6 +97,31 @@ def test_chunk_triton_matches_oracle(case):
     assert all(e < tol[n] for n, e in errs.items()), errs
 
 
+def _candidates():
+    from kernels.kda.triton_utils import TUNED
+    return [(name, i) for name, (_, configs) in sorted(TUNED.items()) for i in range(1, len(configs))]
+
+
+@pytest.mark.parametrize("name,index", _candidates(), ids=lambda x: str(x))
+def test_chunk_triton_every_autotune_candidate(name, index):
+    """The GPU tunes over every candidate block size / warp count; the interpreter runs the first,
+    so each other one is pinned here in turn (the rest stay on their first) and checked. Packed,
+    ragged lengths, K = V = 64 so block sizes below 64 loop over channel blocks."""
+    from kernels.kda.triton_utils import pin_config
+    x, cu = make_inputs(1, 90, 1, 64, 64, [20, 70], with_h0=True, gate=True)
+    do = torch.randn(1, 90, 1, 64, device=DEV)
+    dht = torch.randn(2, 1, 64, 64, device=DEV)
+    pin_config(name, index)
+    try:
+        ours = fwd_bwd(chunk_kda_triton, x, cu, do, dht, True)
+    finally:
+        pin_config(name, None)
+    ref = fwd_bwd(naive_recurrent_kda, x, cu, do, dht, True, double=True)
+    errs = {n: rel(ours[n], ref[n]) for n in ref}
+    tol = {n: (1e-3 if n == "dA_log" else TOL) for n in errs}
+    assert all(e < tol[n] for n, e in errs.items()), errs
+
+
 def test_chunk_triton_bf16_inputs_match_oracle():
     """bf16 q, k, v, beta: the key path (w, qg, kg) is stored in bf16, the value path and the state
     in fp32. Against the float64 oracle on the same rounded inputs; the GPU bound is 5e-3, here 1e-2

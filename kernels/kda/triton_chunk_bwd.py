@@ -5,9 +5,9 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
 
     forward:   v_new = T Y - (T X) h,  o = qg h + Aqk v_new,  S_next = exp(G_last) h + kg^T v_new
 
-1. `_bwd_dv_local_kernel` (V-block, chunk, head): dv_new = Aqk^T do, every chunk in parallel; then
+1. `_bwd_dv_local_kernel` (V-block, chunk, head): dv_local = Aqk^T do, every chunk in parallel; then
    `_bwd_state_kernel` (sequence, head, V-block), reverse over chunks, on the forward's pre-decayed
-   qg and kg, adds the state part:
+   qg and kg, adds the state part (into a new tensor: tuning reruns a kernel on its real arguments):
        dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
    stores dh per chunk, dv_new, and the initial-state gradient.
 2. `_bwd_inter_kernel` (chunk, head): everything that contracts over V, the value-side terms in one
@@ -34,7 +34,7 @@ from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, nex
 @autotune([config(4, 1, BV=64), config(8, 2, BV=64), config(4, 2, BV=32)], key=["H", "V"])
 @triton.jit
 def _bwd_dv_local_kernel(
-    Aqk, do, dv_new,                  # Aqk [NTOK,H,64] f32; do [NTOK,H,V]; out dv_new [NTOK,H,V] f32
+    Aqk, do, dv_local,                # Aqk [NTOK,H,64] f32; do [NTOK,H,V]; out dv_local [NTOK,H,V] f32
     cu_seqlens, chunk_seq, chunk_pos,
     H, V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -49,15 +49,17 @@ def _bwd_dv_local_kernel(
     m_v = o_v < V
     b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                    # [64, 64]
     b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
-    _st_chunk(dv_new, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
+    _st_chunk(dv_local, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
 
 
-@autotune([config(4, 2, BV=16), config(8, 1, BV=16), config(8, 1, BV=32), config(8, 2, BV=32),
-           config(16, 1, BV=32)], key=["H", "K", "V", "NH_BUCKET"], restore_value=["dv_new"])   # += in place
+# One candidate: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at the
+# first launch of its second candidate (8 warps; BV 16 or 32), in place or out of place, while that
+# candidate ran clean alone under compute-sanitizer. The 4-warp one below ran hundreds of times.
+@autotune([config(4, 2, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
-    dh, dv_new, dht, dh0,             # dh [NC,H,K,V]; dv_new [NTOK,H,V] (in: Aqk^T do, out: + kg dh); dht, dh0
+    dv_local, dh, dv_new, dht, dh0,   # dv_local = Aqk^T do [NTOK,H,V] f32; out dh [NC,H,K,V], dv_new = dv_local + kg dh
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -88,7 +90,7 @@ def _bwd_state_kernel(
         b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # scale q exp(G)
         b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                  # [64, BK]
         b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                      # [64, BV]
-        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v) + tl.dot(b_kg, dS.to(DOT), input_precision=PREC)
+        b_dvn = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v) + tl.dot(b_kg, dS.to(DOT), input_precision=PREC)
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
         dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DOT), input_precision=PREC)
               - tl.dot(tl.trans(b_w), b_dvn.to(DOT), input_precision=PREC))
@@ -361,15 +363,16 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     do = do.contiguous()
 
     dh = torch.empty(NC, H, K, V, **f32)
+    dv_local = torch.empty(1, NTOK, H, V, **f32)
     dv_new = torch.empty(1, NTOK, H, V, **f32)
     # one compiled variant: a missing dht is read as zeros, dh0 always computed
     dh0 = torch.empty(N, H, K, V, **f32)
     dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
     _bwd_dv_local_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NC, H)](
-        Aqk, do, dv_new, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec,
+        Aqk, do, dv_local, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec,
     )
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        qg, kg, w, G, do, dh, dv_new, dht, dh0,
+        qg, kg, w, G, do, dv_local, dh, dv_new, dht, dh0,
         cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK, HAS_DHT=True, STORE_DH0=True, PREC=prec,
         DOT=dot_dtype(q.dtype),

@@ -81,19 +81,52 @@ def config(num_warps, num_stages, **meta):
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-def autotune(configs, key, restore_value=None):
-    """`triton.autotune` over `configs` (the fastest is kept per key and cached on disk). Under the
-    interpreter only the first config runs: the CPU tests check arithmetic, not speed.
+# kernel name -> (its triton Autotuner, every candidate config), so tests can pin one candidate
+TUNED = {}
 
-    Tuning runs a kernel several times on the real arguments, so a kernel that updates one of them in
-    place must name it in `restore_value` (saved before and restored after each trial); the CPU tests
-    cannot catch a missing name.
+
+def autotune(configs, key):
+    """`triton.autotune` over `configs` (the fastest is kept per key and cached on disk). Under the
+    interpreter only the first config runs: the CPU tests check arithmetic, not speed; `pin_config`
+    picks another one, so every candidate can be checked.
+
+    Tuning runs a kernel several times on the real arguments, so no tuned kernel updates one of them
+    in place. (Triton's restore_value would allow it; the one kernel that used it faulted with an
+    illegal address on an H200 at its second candidate's first launch.)
 
     The candidates come from benchmarks/kda_static.py: on sm_90 the single configs used before spilled
-    1-8 KB of registers per thread in every chunk kernel; the lists hold the ones that spill least."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return triton.autotune(configs=configs[:1] if interpreting else configs, key=key, cache_results=True,
-                           restore_value=restore_value)
+    1-8 KB of registers per thread in every chunk kernel; the lists hold the ones that spill least.
+
+    DELTARL_KDA_CONFIG="kernel=i,kernel=i" pins candidates from the environment (the GPU sweep runs
+    each candidate in its own process, since a faulting kernel ends the CUDA context)."""
+    def wrap(fn):
+        tuner = triton.autotune(configs=list(configs), key=key, cache_results=True)(fn)
+        TUNED[fn.__name__] = (tuner, list(configs))
+        pin_config(fn.__name__, _env_pins().get(fn.__name__))
+        return tuner
+    return wrap
+
+
+def _env_pins():
+    pins = {}
+    for item in filter(None, os.environ.get("DELTARL_KDA_CONFIG", "").split(",")):
+        name, _, index = item.partition("=")
+        pins[name.strip()] = int(index)
+    return pins
+
+
+def pin_config(name, index=None):
+    """Make kernel `name` run only candidate `index` of its autotune list; None restores the default
+    (every candidate on the GPU, the first under the interpreter)."""
+    if name not in TUNED:
+        raise KeyError(f"no autotuned kernel {name!r}; known: {sorted(TUNED)}")
+    tuner, configs = TUNED[name]
+    if index is None:
+        interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        tuner.configs = configs[:1] if interpreting else list(configs)
+    else:
+        tuner.configs = [configs[index]]
+    tuner.cache.clear()
 
 
 def size_bucket(n):
