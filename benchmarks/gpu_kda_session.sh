@@ -6,6 +6,9 @@
 #   sh benchmarks/gpu_kda_session.sh check   # bf16 with fla's outputs beside ours, then fp32 (~5 min)
 #   sh benchmarks/gpu_kda_session.sh sweep   # every autotune candidate alone, then the autotuner (~5 min)
 # Everything is written under $OUT as it goes, so a call cut by its time limit keeps what it measured.
+# To time an older version of our kernels in the same run (column "base"), first, here:
+#   rm -rf .abbase && mkdir .abbase && git archive <commit> kernels | tar -x -C .abbase
+# and carry [".kdakit", ".abbase"]; `bench` passes --baseline .abbase when it exists (git-excluded).
 # fla 0.6.0 comes either from the gpu-kit (`../shared/gpu-kit/prepare core`, then its install.sh puts it
 # in /tmp/site) or, lighter (8 MB, one call), from .kdakit/site: fla/, fla_core + flash_linear_attention
 # dist-info and einops unpacked from ~/.cache/gpu-kit/core-*.tar.xz, carried with carry=[".kdakit"].
@@ -14,7 +17,8 @@ PART=${1:?usage: gpu_kda_session.sh bench|check|sweep}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 case "$PART" in
   bench)
-    python3 benchmarks/kda_kernels.py --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
+    BASE=""; [ -d .abbase/kernels ] && BASE="--baseline .abbase"
+    python3 benchmarks/kda_kernels.py $BASE --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
   check)
     python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
     python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log ;;

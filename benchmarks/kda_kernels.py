@@ -1,6 +1,10 @@
 """Time chunkwise KDA: ours (Triton), fla's chunk_kda and the PyTorch chunk path, in one run.
 
-    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--out FILE]
+    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--baseline DIR] [--out FILE]
+
+--baseline DIR times another version of our kernels in the same run, as column "base": DIR holds a
+`kernels/kda` package, e.g. from `git archive <commit> kernels | tar -x -C DIR` (git-excluded,
+carried to the device), so a kernel change is judged against its predecessor on the same machine.
 
 bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
 warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
@@ -43,6 +47,20 @@ def make(B, T, H, K, V, lens=None, dev="cuda"):
     if lens is not None:
         cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
     return [q, k, v, g, beta], cu
+
+
+def load_baseline(root):
+    """chunk_kda_triton of the kernels/kda package under `root`, imported as its own package (the
+    package uses relative imports only), so it runs beside ours in one process."""
+    import importlib
+    import importlib.util
+    pkg = os.path.join(root, "kernels", "kda")
+    spec = importlib.util.spec_from_file_location("kda_baseline", os.path.join(pkg, "__init__.py"),
+                                                  submodule_search_locations=[pkg])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kda_baseline"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("kda_baseline.triton_autograd").chunk_kda_triton
 
 
 def get_fla():
@@ -108,11 +126,15 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
+    ap.add_argument("--baseline", default=None, help="a directory holding an older kernels/kda to time beside ours")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name()
     fla = get_fla()
     impls = {"ours": lambda q, k, v, g, b, cu: chunk_kda_triton(q, k, v, g, b, cu_seqlens=cu)}
+    if args.baseline:
+        base = load_baseline(args.baseline)
+        impls["base"] = lambda q, k, v, g, b, cu: base(q, k, v, g, b, cu_seqlens=cu)
     if fla is not None:
         impls["fla"] = lambda q, k, v, g, b, cu: fla(q, k, v, g, b, cu_seqlens=cu.long() if cu is not None else None)
     if not args.no_torch:
