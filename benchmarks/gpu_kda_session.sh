@@ -15,15 +15,24 @@
 export PYTHONPATH=$PWD/.kdakit/site:/tmp/site:$PWD PYTHONUNBUFFERED=1
 PART=${1:?usage: gpu_kda_session.sh bench|check|sweep}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+# Triton's autotune results (~/.triton/cache/*/*.autotune.json, a few KB) go back in $OUT/tritontune.tgz;
+# copied here as .tritontune.tgz (git-excluded) and carried, they let the next fresh machine compile
+# only each kernel's chosen candidate instead of tuning them all (entries are keyed by kernel source
+# and arguments, so those of changed kernels are simply not used)
+if [ -f .tritontune.tgz ]; then mkdir -p ~/.triton && tar -xzf .tritontune.tgz -C ~/.triton && echo "autotune results restored"; fi
+trap '(cd ~/.triton 2>/dev/null && find cache -name "*.autotune.json" | tar -czf $OUT/tritontune.tgz -T -)' EXIT
+# the work stops KDA_SECONDS (default 540) after the start, so a device call of 600 s still saves the cache
+DEADLINE=$(( $(date +%s) + ${KDA_SECONDS:-540} ))
+left() { echo $(( DEADLINE - $(date +%s) > 1 ? DEADLINE - $(date +%s) : 1 )); }
 case "$PART" in
   bench)
     BASE=""; [ -d .abbase/kernels ] && BASE="--baseline .abbase"
-    python3 benchmarks/kda_kernels.py $BASE --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
+    timeout $(left) python3 benchmarks/kda_kernels.py $BASE --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
   check)
-    python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
-    python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log ;;
+    timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
+    timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log ;;
   sweep)
-    python3 tests/gpu/kda_config_sweep.py --dtype bf16 --jobs 8 --out $OUT/sweep_bf16.md 2>&1 | tee $OUT/sweep.log ;;
+    timeout $(left) python3 tests/gpu/kda_config_sweep.py --dtype bf16 --jobs 8 --out $OUT/sweep_bf16.md 2>&1 | tee $OUT/sweep.log ;;
   *)
     echo "unknown part $PART: bench, check or sweep" >&2; exit 2 ;;
 esac
