@@ -10,6 +10,11 @@ autotuned on first use of a shape do not land in t(D1). Cells that do not fit in
 reported as such. Writes benchmarks/results/rollout_<device>.md.
 
     PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300] [--models hybrid,mla]
+        [--engines vllm,embedded] [--embedded-cells 64x4096,256x4096,64x32768]
+
+Values are kept per model, cell and engine in benchmarks/results/rollout_<device>.json, so calls that
+run part of the table (the embedded engine needs no vLLM kit) add up to one table; carry that file
+back from $OUT between device calls.
 """
 import argparse
 import json
@@ -116,66 +121,89 @@ def fmt(value):
 
 
 MODELS = {"hybrid": ("hybrid (6 KDA + 2 MLA)", False), "mla": ("all-MLA (8 MLA)", True)}
+ENGINES = ("vllm", "embedded")
 
 
-def run_model(key, args, tmp, save):
-    """Every cell for one model: vLLM in a child process, then the embedded engine here. `save(rows)` is
+def record(entry, engine, value):
+    """Set a cell's value for one engine; a failure or skip does not replace a number measured earlier."""
+    if isinstance(value, float) or not isinstance(entry.get(engine), float):
+        entry[engine] = value
+
+
+def run_model(key, args, tmp, model_results, save):
+    """The cells of one model on the engines asked for: vLLM in a child process, then the embedded engine
+    here. `model_results` holds {cell: {engine: value}} and is updated in place, only for what runs now
+    (so separate calls, e.g. the embedded engine on a machine without vLLM, fill one table); `save()` is
     called after the vLLM cells and after every embedded cell, so a run cut short keeps what it measured."""
     name, all_mla = MODELS[key]
     torch.manual_seed(0)
     model = KimiLinearForCausalLM(bench_config(all_mla)).to(torch.bfloat16)
-    path = Path(tmp) / key
-    model.save_pretrained(path)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    result_file = Path(tmp) / f"{key}.json"
-    code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
-            f"{str(result_file)!r}, {all_mla})")
-    # the child's stdout (one line per cell) streams into this run's log; stderr (vLLM's logs) is kept for
-    # the failure reason
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=None, stderr=subprocess.PIPE, text=True,
-                          timeout=900)
-    done = json.loads(result_file.read_text()) if result_file.exists() else {}
-    reason = f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}"
-    vllm = {f"{b}x{l}": done.get(f"{b}x{l}", reason) for b, l in CELLS}
-    model = model.cuda().eval()
-    cache = {f"{b}x{l}": cache_bytes_per_sequence(model.config, l, torch.bfloat16)["total"] / 2**20 for b, l in CELLS}
-    embedded = {f"{b}x{l}": ("pending" if f"{b}x{l}" in args.embedded_cells.split(",") else "not run")
-                for b, l in CELLS}
-
-    def rows():
-        return [f"| {name}, {params:.0f}M | {b} | {l:,} | {fmt(vllm[f'{b}x{l}'])} | {fmt(embedded[f'{b}x{l}'])} "
-                f"| {cache[f'{b}x{l}']:,.1f} MiB |" for b, l in CELLS]
-
-    save(rows())
-    start = time.perf_counter()
+    model_results["name"] = f"{name}, {params:.0f}M"
+    cells = model_results.setdefault("cells", {})
     for batch, length in CELLS:
-        cell = f"{batch}x{length}"
-        if embedded[cell] == "pending":
-            if time.perf_counter() - start > args.budget_s:
-                embedded[cell] = "skipped (time budget)"
-            else:
-                try:
-                    embedded[cell] = embedded_cell(model, batch, length)
-                except torch.cuda.OutOfMemoryError:
-                    embedded[cell] = "out of memory"
-                except Exception as error:    # report the cell, keep the table
-                    embedded[cell] = f"failed: {type(error).__name__}: {str(error)[:80]}"
-                torch.cuda.empty_cache()
-            save(rows())
-    return rows()
+        entry = cells.setdefault(f"{batch}x{length}", {})
+        entry["cache_mib"] = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
+    engines = args.engines.split(",")
+    if "vllm" in engines:
+        path = Path(tmp) / key
+        model.save_pretrained(path)
+        result_file = Path(tmp) / f"{key}.json"
+        code = (f"import benchmarks.rollout as b; b.vllm_cells({str(path)!r}, {CELLS!r}, {args.budget_s}, "
+                f"{str(result_file)!r}, {all_mla})")
+        # the child's stdout (one line per cell) streams into this run's log; stderr (vLLM's logs) is kept
+        # for the failure reason
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=None, stderr=subprocess.PIPE,
+                              text=True, timeout=900)
+        done = json.loads(result_file.read_text()) if result_file.exists() else {}
+        reason = f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}"
+        for cell, entry in cells.items():
+            record(entry, "vllm", done.get(cell, reason))
+        save()
+    if "embedded" not in engines:
+        return
+    model = model.cuda().eval()
+    chosen = [cell for cell in args.embedded_cells.split(",") if cell in cells]
+    for cell in chosen:
+        record(cells[cell], "embedded", "pending")
+    save()
+    start = time.perf_counter()
+    for cell in chosen:
+        batch, length = (int(x) for x in cell.split("x"))
+        if time.perf_counter() - start > args.budget_s:
+            value = "skipped (time budget)"
+        else:
+            try:
+                value = embedded_cell(model, batch, length)
+            except torch.cuda.OutOfMemoryError:
+                value = "out of memory"
+            except Exception as error:    # report the cell, keep the table
+                value = f"failed: {type(error).__name__}: {str(error)[:80]}"
+            torch.cuda.empty_cache()
+        record(cells[cell], "embedded", value)
+        save()
 
 
-def write_tables(rows, device, slug):
-    """benchmarks/results/rollout_<device>.json (rows per model, kept across runs) and the .md table."""
-    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.json").write_text(json.dumps(rows, indent=1))
+def write_tables(results, device, slug):
+    """benchmarks/results/rollout_<device>.json (values per model, cell and engine, kept across runs) and
+    the .md table made from it."""
+    (ROOT / "benchmarks" / "results" / f"rollout_{slug}.json").write_text(json.dumps(results, indent=1))
+    rows = []
+    notes = results.get("notes", [])          # free text kept with the values (how a number came about)
+    for key in MODELS:
+        for cell, entry in results.get(key, {}).get("cells", {}).items():
+            batch, length = (int(x) for x in cell.split("x"))
+            rows.append(f"| {results[key]['name']} | {batch} | {length:,} | {fmt(entry.get('vllm', 'not run'))} "
+                        f"| {fmt(entry.get('embedded', 'not run'))} | {entry['cache_mib']:,.1f} MiB |")
     text = "\n".join([
         f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
         f"bf16, greedy; tokens/s of {DECODE_TOKENS} decode steps with the whole batch decoding (after every "
         "sequence's prefill, after one untimed run of the cell), random prompts of the given context. Cache per "
         "sequence is the analytic size of the KDA states + MLA latents at that context "
-        "(`model.cache_bytes_per_sequence`). 'pending': the run ended before that cell.", "",
+        "(`model.cache_bytes_per_sequence`). 'pending': the run ended before that cell; 'not run': no call "
+        "has measured it on this device yet.", "",
         "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
-        "|---|---:|---:|---:|---:|---:|", *(r for key in MODELS if key in rows for r in rows[key])]) + "\n"
+        "|---|---:|---:|---:|---:|---:|", *rows, *([""] + notes if notes else [])]) + "\n"
     (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
     return text
 
@@ -183,23 +211,27 @@ def write_tables(rows, device, slug):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-s", type=float, default=300, help="time budget per engine and model")
+    parser.add_argument("--engines", default="vllm,embedded",
+                        help="which engines to run now ('embedded' needs no vLLM on the machine)")
     parser.add_argument("--embedded-cells", default="64x4096,256x4096,64x32768",
-                        help="comma-separated BxL cells for the embedded engine ('none': vLLM only)")
+                        help="comma-separated BxL cells for the embedded engine")
     parser.add_argument("--models", default="hybrid,mla",
-                        help="which to run now; rows of a model run earlier on this device are kept")
+                        help="which to run now; values of earlier runs on this device are kept")
     args = parser.parse_args()
+    unknown = set(args.engines.split(",")) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engine(s) {sorted(unknown)}; choose from {list(ENGINES)}")
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
     device = torch.cuda.get_device_name()
     slug = device.replace(" ", "_")
-    rows_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"
-    rows = json.loads(rows_file.read_text()) if rows_file.exists() else {}
+    results_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
-            def save(model_rows, key=key):
-                rows[key] = model_rows
-                write_tables(rows, device, slug)
-            run_model(key, args, tmp, save)
-    print(write_tables(rows, device, slug))
-
+            run_model(key, args, tmp, results.setdefault(key, {}), lambda: write_tables(results, device, slug))
+    print(write_tables(results, device, slug))
 
 if __name__ == "__main__":
     main()
