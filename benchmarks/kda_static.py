@@ -78,8 +78,8 @@ def kernels(dtype):
                    **ptr("cu_seqlens chunk_offsets", i32)}
     inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bintra_ptrs = {**ptr("q k beta q_raw k_raw dq dk dbeta", x),
-                   **ptr("g G dA dP dq_p dk_p dG_p dbeta_p A_log dt_bias dg dbias_p dAlog_p dbeta_acc dqn dkn", f32),
+    bintra_ptrs = {**ptr("q k beta dq dk", x),
+                   **ptr("g G dA dP dq_p dk_p dG_p A_log dt_bias dg dbias_p dAlog_p dbeta_cb", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     base = dict(K=K, V=V, BK=128, PREC=prec)
     dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)
@@ -93,7 +93,7 @@ def kernels(dtype):
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),
         ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
-         dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+         dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec, USE_GATE=False, HAS_DT_BIAS=False)),
     ]
 
 

@@ -1,4 +1,4 @@
-"""Chunkwise KDA backward in Triton: four kernels, reading what the forward saved.
+"""Chunkwise KDA backward in Triton: four stages, reading what the forward saved.
 
 Per chunk (one head), with h the state entering the chunk, dh the gradient of the state leaving it,
 T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp(G_last - G):
@@ -17,10 +17,12 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
        dT = dv_new Y^T + d(TX) X^T,  dAkk = -T^T dT T^T (strictly lower),
    and the decay terms of qg, kg and exp(G_last). Writes dAkk, dP = scale * dAqk and partial
    dq, dk, dbeta, dG.
-3. `_bwd_intra_kernel` (chunk, head), in 16-row blocks with the same exact decays as the forward:
-   the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk and dP,
-   then the reverse cumulative sum dG -> dg inside the chunk, and optionally the gate
-   (-exp(A_log) softplus(x + dt_bias)) and q/k L2-norm backwards.
+3. `_bwd_intra_kernel` (chunk, head, channel block), in 16-row blocks with the same exact decays as
+   the forward: the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk
+   and dP, the reverse cumulative sum dG -> dg inside the chunk and optionally the gate
+   (-exp(A_log) softplus(x + dt_bias)) backward; all per channel, so channel blocks are separate
+   programs, and the sums over channels (dbeta, dA_log) come out as per-block partials.
+4. with the in-kernel L2 norm, `_bwd_l2norm_kernel` (chunk, head): the norm's backward on whole rows.
 """
 import torch
 import triton
@@ -29,6 +31,8 @@ import triton.language as tl
 from .triton_blocks import ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
+
+BC_MIN = 16          # the smallest channel block among `_bwd_intra_kernel`'s candidates
 
 
 @autotune([config(4, 1, BV=64), config(8, 2, BV=64), config(4, 2, BV=32)], key=["H", "V"])
@@ -194,156 +198,162 @@ def _bwd_inter_kernel(
     tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
 
 
+# every BC is a multiple of BC_MIN (the unit of the per-channel-block partials)
 @autotune([config(8, 1, BC=32), config(8, 1, BC=16), config(16, 1, BC=32), config(4, 1, BC=16)],
-          key=["H", "K", "USE_L2NORM", "USE_GATE"])
+          key=["H", "K", "USE_GATE"])
 @triton.jit
 def _bwd_intra_kernel(
-    q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
-    q_raw, k_raw, A_log, dt_bias,
-    dq, dk, dg, dbeta, dbias_p, dAlog_p,      # dbias_p [NC, H, K], dAlog_p [NC, H] (gate only)
-    dbeta_acc, dqn, dkn,                      # f32 scratch: [NTOK, H]; [NTOK, H, K] x2 (L2 norm only)
+    q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p,
+    A_log, dt_bias,
+    dq, dk, dg, dbias_p, dAlog_p,             # dbias_p [NC, H, K]; dAlog_p [NC, H, NCB] (gate only)
+    dbeta_cb,                                 # [NCB, NTOK, H] f32: sum_c k R per channel block
     cu_seqlens, chunk_seq, chunk_pos,
-    H, K: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
-    USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
+    NTOK, H, NCB, K: tl.constexpr, BC: tl.constexpr, BC_MIN: tl.constexpr,
+    USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Every term is per channel except sums over channels (dbeta, dA_log) and the L2-norm backward:
-    the work runs over channel blocks of BC (fewer live registers), dbeta accumulates in a scratch
-    row, and with the L2 norm the pre-norm dq, dk go through scratch to a last full-row pass."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """One program per (chunk, head, channel block): every term is per channel except the sums over
+    channels (dbeta, dA_log), which each block writes as a partial for the caller to add. With the
+    in-kernel L2 norm, dq and dk here are the gradients of the normalised q, k (the norm's backward
+    needs whole rows: `_bwd_l2norm_kernel`). The partials are laid out in units of BC_MIN channels
+    whatever BC the tuner picked: a block writes its sum to its first unit and zeros to the others, so
+    every slot is written on every launch (tuning runs other BCs on the same buffers first)."""
+    i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_seq + i_c)
     t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
     L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
     r16 = tl.arange(0, 16)
+    c0 = i_cb * BC
+    slot = i_cb * (BC // BC_MIN)                           # first BC_MIN unit of this channel block
+    o_k = c0 + tl.arange(0, BC)
+    m_k = o_k < K
     if USE_GATE:
         a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
-        dAlog_tot = tl.zeros([BC], dtype=tl.float32)
+        bias = tl.zeros([BC], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        dbias_acc = tl.zeros([BC], dtype=tl.float32)
+        dAlog_acc = tl.zeros([BC], dtype=tl.float32)
+    carry = tl.zeros([BC], dtype=tl.float32)                # sum of dG over the rows after this block
+    for I in tl.static_range(3, -1, -1):
+        rI = I * 16
+        rows = rI + r16
+        m_r = rows < L
+        m = m_r[:, None] & m_k[None, :]
+        qI = ld_rows_at(q, t0, rI, L, i_h, H, K, c0, BC)
+        kI = ld_rows_at(k, t0, rI, L, i_h, H, K, c0, BC)
+        GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
+        bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
 
-    for c0 in range(0, K, BC):
-        o_k = c0 + tl.arange(0, BC)
-        m_k = o_k < K
+        # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
+        b_dq = tl.zeros([16, BC], dtype=tl.float32)
+        b_R = tl.zeros([16, BC], dtype=tl.float32)
+        if I > 0:
+            Gr = ld_row_at(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, c0, BC)
+            for J in tl.static_range(I):
+                rJ = J * 16
+                mJ = (rJ + r16) < L
+                kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.where(
+                    mJ[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
+                b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+                b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+            eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
+            b_dq *= eI
+            b_R *= eI
+        p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
+        for j in range(16):
+            kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
+            Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
+            e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
+            cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
+            cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
+            kje = kj[None, :] * e
+            b_dq += cP[:, None] * kje
+            b_R += cA[:, None] * kje
+
+        # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
+        b_dkc = tl.zeros([16, BC], dtype=tl.float32)
+        for Ip in tl.static_range(I + 1, 4):
+            rP = Ip * 16
+            mP = (rP + r16) < L
+            Grp = ld_row_at(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, c0, BC)
+            eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
+            bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
+            kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]     # dM = beta_i dA
+            qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
+            acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
+                   + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
+            b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
+        for i in range(16):
+            ri = rI + i
+            ki = ld_row_at(k, t0, ri, L, i_h, H, K, c0, BC)
+            qi = ld_row_at(q, t0, ri, L, i_h, H, K, c0, BC)
+            Gi = ld_row_at(G, t0, ri, L, i_h, H, K, c0, BC)
+            e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
+            p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
+            rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
+            bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
+            rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
+            b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
+
+        # combine with the partials of the inter kernel
+        b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC))
+        b_dq += ld_rows_at(dq_p, t0, rI, L, i_h, H, K, c0, BC)
+        b_dk = bI[:, None] * b_R + b_dkc + ld_rows_at(dk_p, t0, rI, L, i_h, H, K, c0, BC)
+        # this channel block's share of dbeta (the caller adds the blocks and the inter partial)
+        p_b = slot.to(tl.int64) * NTOK * H + (t0 + rows) * H + i_h
+        tl.store(dbeta_cb + p_b, tl.sum(kI * b_R, axis=1), mask=m_r)
+        for z in tl.static_range(1, BC // BC_MIN):
+            tl.store(dbeta_cb + p_b + z * NTOK * H, tl.zeros([16], dtype=tl.float32), mask=m_r & (slot + z < NCB))
+
+        # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
+        tot = tl.sum(b_dG, axis=0)
+        b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
+        carry += tot
+        p_x = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
         if USE_GATE:
-            bias = tl.zeros([BC], dtype=tl.float32)
-            if HAS_DT_BIAS:
-                bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-            dbias_acc = tl.zeros([BC], dtype=tl.float32)
-        carry = tl.zeros([BC], dtype=tl.float32)            # sum of dG over the rows after this block
-        for I in tl.static_range(3, -1, -1):
-            rI = I * 16
-            rows = rI + r16
-            m_r = rows < L
-            m = m_r[:, None] & m_k[None, :]
-            qI = ld_rows_at(q, t0, rI, L, i_h, H, K, c0, BC)
-            kI = ld_rows_at(k, t0, rI, L, i_h, H, K, c0, BC)
-            GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
-            bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
-
-            # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
-            b_dq = tl.zeros([16, BC], dtype=tl.float32)
-            b_R = tl.zeros([16, BC], dtype=tl.float32)
-            if I > 0:
-                Gr = ld_row_at(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, c0, BC)
-                for J in tl.static_range(I):
-                    rJ = J * 16
-                    mJ = (rJ + r16) < L
-                    kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.where(
-                        mJ[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
-                    b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-                    b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-                eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
-                b_dq *= eI
-                b_R *= eI
-            p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
-            for j in range(16):
-                kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
-                Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
-                e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
-                cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
-                cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
-                kje = kj[None, :] * e
-                b_dq += cP[:, None] * kje
-                b_R += cA[:, None] * kje
-
-            # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
-            b_dkc = tl.zeros([16, BC], dtype=tl.float32)
-            for Ip in tl.static_range(I + 1, 4):
-                rP = Ip * 16
-                mP = (rP + r16) < L
-                Grp = ld_row_at(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, c0, BC)
-                eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
-                bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
-                kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]     # dM = beta_i dA
-                qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
-                acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
-                       + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
-                b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
-            for i in range(16):
-                ri = rI + i
-                ki = ld_row_at(k, t0, ri, L, i_h, H, K, c0, BC)
-                qi = ld_row_at(q, t0, ri, L, i_h, H, K, c0, BC)
-                Gi = ld_row_at(G, t0, ri, L, i_h, H, K, c0, BC)
-                e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
-                p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
-                rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
-                bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
-                rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
-                b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
-
-            # combine with the partials of the inter kernel
-            b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC))
-            b_dq += ld_rows_at(dq_p, t0, rI, L, i_h, H, K, c0, BC)
-            b_dk = bI[:, None] * b_R + b_dkc + ld_rows_at(dk_p, t0, rI, L, i_h, H, K, c0, BC)
-            # dbeta = the inter partial + sum over channel blocks (the first block starts from the partial)
-            p_b = (t0 + rows) * H + i_h
-            prev = tl.where(c0 == 0, tl.load(dbeta_p + p_b, mask=m_r, other=0.),
-                            tl.load(dbeta_acc + p_b, mask=m_r & (c0 > 0), other=0.))
-            tl.store(dbeta_acc + p_b, prev + tl.sum(kI * b_R, axis=1), mask=m_r)
-
-            # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
-            tot = tl.sum(b_dG, axis=0)
-            b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
-            carry += tot
-            p_x = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
-            if USE_GATE:
-                x = ld_rows_at(g, t0, rI, L, i_h, H, K, c0, BC) + bias[None, :]
-                sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
-                z = tl.exp(-tl.abs(x))
-                sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
-                b_dx = tl.where(m, b_dg * a * sig, 0.)
-                dbias_acc += tl.sum(b_dx, axis=0)
-                dAlog_tot += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
-                tl.store(dg + p_x, b_dx.to(dg.dtype.element_ty), mask=m)
-            else:
-                tl.store(dg + p_x, b_dg.to(dg.dtype.element_ty), mask=m)
-            if USE_L2NORM:                      # pre-norm gradients; the norm backward needs whole rows
-                tl.store(dqn + p_x, b_dq, mask=m)
-                tl.store(dkn + p_x, b_dk, mask=m)
-            else:
-                tl.store(dq + p_x, b_dq.to(dq.dtype.element_ty), mask=m)
-                tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m)
-        if USE_GATE:
-            tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
-
-    # the rows written above by other threads of this program are read below
-    tl.debug_barrier()
-    for I in tl.static_range(4):
-        rows = I * 16 + r16
-        p_b = (t0 + rows) * H + i_h
-        db = tl.load(dbeta_acc + p_b, mask=rows < L, other=0.)
-        tl.store(dbeta + p_b, db.to(dbeta.dtype.element_ty), mask=rows < L)
-        if USE_L2NORM:
-            # y = x * rsqrt(|x|^2 + eps):  dx = rsqrt(.) * (dy - y (y . dy))
-            xq = ld_rows(q_raw, t0, I * 16, L, i_h, H, K, BK)
-            rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)
-            yq = xq * rq[:, None]
-            dyq = ld_rows(dqn, t0, I * 16, L, i_h, H, K, BK)
-            st_rows(dq, rq[:, None] * (dyq - yq * tl.sum(yq * dyq, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
-            xk = ld_rows(k_raw, t0, I * 16, L, i_h, H, K, BK)
-            rk = tl.rsqrt(tl.sum(xk * xk, axis=1) + 1e-6)
-            yk = xk * rk[:, None]
-            dyk = ld_rows(dkn, t0, I * 16, L, i_h, H, K, BK)
-            st_rows(dk, rk[:, None] * (dyk - yk * tl.sum(yk * dyk, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
+            x = ld_rows_at(g, t0, rI, L, i_h, H, K, c0, BC) + bias[None, :]
+            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+            z = tl.exp(-tl.abs(x))
+            sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
+            b_dx = tl.where(m, b_dg * a * sig, 0.)
+            dbias_acc += tl.sum(b_dx, axis=0)
+            dAlog_acc += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
+            tl.store(dg + p_x, b_dx.to(dg.dtype.element_ty), mask=m)
+        else:
+            tl.store(dg + p_x, b_dg.to(dg.dtype.element_ty), mask=m)
+        tl.store(dq + p_x, b_dq.to(dq.dtype.element_ty), mask=m)
+        tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m)
     if USE_GATE:
-        tl.store(dAlog_p + i_c.to(tl.int64) * H + i_h, tl.sum(dAlog_tot, axis=0))
+        tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
+        p_a = dAlog_p + (i_c.to(tl.int64) * H + i_h) * NCB + slot
+        tl.store(p_a, tl.sum(dAlog_acc, axis=0))
+        for z in tl.static_range(1, BC // BC_MIN):
+            tl.store(p_a + z, 0., mask=slot + z < NCB)
+
+
+@triton.jit
+def _bwd_l2norm_kernel(
+    q_raw, k_raw, dqn, dkn, dq, dk,   # raw q, k; f32 gradients of the normalised ones; out dq, dk
+    cu_seqlens, chunk_seq, chunk_pos,
+    H, K: tl.constexpr, BK: tl.constexpr,
+):
+    """Backward of y = x * rsqrt(|x|^2 + eps) for q and k, per (chunk, head), 16 rows at a time:
+    dx = rsqrt(.) * (dy - y (y . dy))."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    for I in tl.static_range(4):
+        xq = ld_rows(q_raw, t0, I * 16, L, i_h, H, K, BK)
+        rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)
+        yq = xq * rq[:, None]
+        dyq = ld_rows(dqn, t0, I * 16, L, i_h, H, K, BK)
+        st_rows(dq, rq[:, None] * (dyq - yq * tl.sum(yq * dyq, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
+        xk = ld_rows(k_raw, t0, I * 16, L, i_h, H, K, BK)
+        rk = tl.rsqrt(tl.sum(xk * xk, axis=1) + 1e-6)
+        yk = xk * rk[:, None]
+        dyk = ld_rows(dkn, t0, I * 16, L, i_h, H, K, BK)
+        st_rows(dk, rk[:, None] * (dyk - yk * tl.sum(yk * dyk, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
 
 
 def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, table, saved,
@@ -396,23 +406,27 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty_like(g)
-    dbeta = torch.empty_like(beta)
+    NCB = triton.cdiv(K, BC_MIN)                  # per-channel-block partials, in units of BC_MIN channels
+    dbeta_cb = torch.empty(NCB, NTOK, H, **f32)
     dbias_p = torch.empty(NC, H, K, **f32) if use_gate_in_kernel else dummy
-    dAlog_p = torch.empty(NC, H, **f32) if use_gate_in_kernel else dummy
-    dbeta_acc = torch.empty(1, NTOK, H, **f32)
-    dqn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dummy
-    dkn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dummy
-    _bwd_intra_kernel[(NC, H)](
-        qn, kn, g, beta, G, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
-        q, k, A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
-        dq, dk, dg, dbeta, dbias_p, dAlog_p, dbeta_acc, dqn, dkn,
+    dAlog_p = torch.empty(NC, H, NCB, **f32) if use_gate_in_kernel else dummy
+    # with the L2 norm, the intra kernel's dq / dk are those of the normalised q, k (fp32 scratch)
+    dqn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dq
+    dkn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dk
+    _bwd_intra_kernel[lambda meta: (NC, H, triton.cdiv(K, meta["BC"]))](
+        qn, kn, g, beta, G, dA, dP, dq_p, dk_p, dG_p,
+        A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        dqn, dkn, dg, dbias_p, dAlog_p, dbeta_cb,
         cu_seqlens, chunk_seq, chunk_pos,
-        H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
+        NTOK=NTOK, H=H, NCB=NCB, K=K, BC_MIN=BC_MIN, USE_GATE=use_gate_in_kernel,
         HAS_DT_BIAS=dt_bias is not None, PREC=prec,
     )
+    if use_qk_l2norm_in_kernel:
+        _bwd_l2norm_kernel[(NC, H)](q, k, dqn, dkn, dq, dk, cu_seqlens, chunk_seq, chunk_pos, H=H, K=K, BK=BK)
+    dbeta = (dbeta_p + dbeta_cb.sum(0)).to(beta.dtype)
     dA_log = ddt_bias = None
     if use_gate_in_kernel:
-        dA_log = dAlog_p.sum(0).reshape(A_log.shape).to(A_log.dtype)
+        dA_log = dAlog_p.sum((0, 2)).reshape(A_log.shape).to(A_log.dtype)
         if dt_bias is not None:
             ddt_bias = dbias_p.sum(0).reshape(dt_bias.shape).to(dt_bias.dtype)
     return dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias
