@@ -63,13 +63,20 @@ def resources(fn, pointers, constexprs, num_warps, num_stages):
     return regs, spill_st, spill_ld, compiled.metadata.shared, wgmma, mma
 
 
+class Fixed:
+    """A kernel launched with one fixed configuration (4 warps, 1 stage), in the autotuner's shape."""
+    def __init__(self, fn):
+        self.fn, self.configs = fn, [triton.Config({}, num_warps=4, num_stages=1)]
+
+
 def kernels(dtype):
     """(name, autotuned kernel, pointer types, constexprs); the configs are the kernel's autotune candidates."""
     x, f32, i32 = f"*{dtype}", "*fp32", "*i32"
     prec = "ieee" if dtype == "fp32" else "tf32"
     ptr = lambda names, t: {n: t for n in names.split()}  # noqa: E731
-    intra_ptrs = {**ptr("q k qn kn beta", x), **ptr("g G Aqk Tm A_log dt_bias", f32),
-                  **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    gate_ptrs = {**ptr("q k qn kn", x), **ptr("g G A_log dt_bias", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    blocks_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    inv_ptrs = {**ptr("Akk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
@@ -84,8 +91,10 @@ def kernels(dtype):
     base = dict(K=K, V=V, BK=128, PREC=prec)
     dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)
     return [
-        ("fwd intra", fwd._fwd_intra_kernel, intra_ptrs,
-         dict(K=K, BK=128, PREC=prec, USE_L2NORM=False, USE_GATE=False, HAS_DT_BIAS=False)),
+        ("fwd gate", Fixed(fwd._fwd_gate_kernel), gate_ptrs,
+         dict(K=K, BK=128, USE_L2NORM=True, USE_GATE=True, HAS_DT_BIAS=True)),
+        ("fwd blocks", fwd._fwd_blocks_kernel, blocks_ptrs, dict(K=K, PREC=prec)),
+        ("fwd inverse", Fixed(fwd._fwd_inverse_kernel), inv_ptrs, dict(PREC=prec)),
         ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),

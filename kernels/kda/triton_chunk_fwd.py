@@ -1,10 +1,12 @@
-"""Chunkwise KDA forward in Triton: four kernels (the math is in chunk_torch.py's docstring).
+"""Chunkwise KDA forward in Triton: six kernels (the math is in chunk_torch.py's docstring).
 
-1. `_fwd_intra_kernel`, one program per (chunk, head), everything that needs no state:
-   the gate (optionally -exp(A_log) * softplus(x + dt_bias)) and its chunk-local cumulative sum G,
-   optional L2 norm of q/k, the intra-chunk matrices Akk (strictly lower, times beta) and Aqk
-   (lower, times scale) in 16 x 16 blocks with exact decays, summed over channel blocks, and
-   T = (I + Akk)^-1 by blockwise forward substitution.
+1. Everything that needs no state, in three kernels:
+   `_fwd_gate_kernel` (chunk, head): the gate (optionally -exp(A_log) * softplus(x + dt_bias)), its
+   chunk-local cumulative sum G, the optional L2 norm of q/k;
+   `_fwd_blocks_kernel` (chunk, head, row block of 16): that row block of the intra-chunk matrices
+   Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16 blocks with exact decays,
+   summed over channel blocks;
+   `_fwd_inverse_kernel` (chunk, head): T = (I + Akk)^-1 by blockwise forward substitution.
 2. `_fwd_wy_kernel`, one program per (chunk, head): the WY factors w = T (beta k exp(G)) and
    u = T (beta v) as 64 x 64 products over column blocks, and the pre-decayed qg = scale q exp(G) and
    kg = k exp(G_last - G) in the input dtype, so the sequential pass and the output read one
@@ -24,34 +26,29 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_row, ld_row_at, ld_rows, offdiag_blocks,
+from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_cc, ld_row, ld_row_at, ld_rows, offdiag_blocks,
                             st_cc, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
 
 
-@autotune([config(8, 1, BC=32), config(4, 1, BC=32), config(8, 1, BC=64), config(4, 1, BC=16)],
-          key=["H", "K", "USE_L2NORM", "USE_GATE"])
 @triton.jit
-def _fwd_intra_kernel(
-    q, k, g, beta,                    # inputs, token-major [NTOK, H, K], beta [NTOK, H]
-    qn, kn,                           # [NTOK, H, K] L2-normalised q, k (written when USE_L2NORM)
-    G, Aqk, Tm,                       # out: G [NTOK,H,K] f32; Aqk, T [NTOK,H,64] f32
+def _fwd_gate_kernel(
+    q, k, g,                          # inputs, token-major [NTOK, H, K]
+    qn, kn, G,                        # out: L2-normalised q, k (when USE_L2NORM); G [NTOK, H, K] f32
     A_log, dt_bias,
     cu_seqlens, chunk_seq, chunk_pos,
-    scale,
-    H, K: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
-    USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
+    H, K: tl.constexpr, BK: tl.constexpr,
+    USE_L2NORM: tl.constexpr, USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
 ):
+    """Per (chunk, head), 16 rows at a time: the gate (optionally -exp(A_log) * softplus(x + dt_bias)),
+    its chunk-local cumulative sum G, and the optional L2 norm of q and k."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_seq + i_c)
     t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0).to(tl.int32)
-    L = tl.minimum(L, 64)
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
     r16 = tl.arange(0, 16)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-
-    # ---- 1. gate, cumulative decay G and optional L2 norm, 16 rows at a time
     if USE_GATE:
         a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
         bias = tl.zeros([BK], dtype=tl.float32)
@@ -75,53 +72,65 @@ def _fwd_intra_kernel(
             b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, axis=1) + 1e-6)[:, None]
             st_rows(qn, b_q, t0, I * 16, L, i_h, H, K, BK)
             st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
-    # the blocks below read G (and qn, kn) rows written by other threads of this program
-    tl.debug_barrier()
-    if USE_L2NORM:
-        qs = qn
-        ks = kn
-    else:
-        qs = q
-        ks = k
 
-    # ---- 2. Akk (beta-scaled, strictly lower) and Aqk (scaled, lower) in 16 x 16 blocks
-    A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BC)
-    A11, P11 = diag_blocks(qs, ks, G, t0, 16, L, i_h, H, K, BC)
-    A22, P22 = diag_blocks(qs, ks, G, t0, 32, L, i_h, H, K, BC)
-    A33, P33 = diag_blocks(qs, ks, G, t0, 48, L, i_h, H, K, BC)
-    A10, P10 = offdiag_blocks(qs, ks, G, t0, 16, 0, L, i_h, H, K, BC, PREC)
-    A20, P20 = offdiag_blocks(qs, ks, G, t0, 32, 0, L, i_h, H, K, BC, PREC)
-    A21, P21 = offdiag_blocks(qs, ks, G, t0, 32, 16, L, i_h, H, K, BC, PREC)
-    A30, P30 = offdiag_blocks(qs, ks, G, t0, 48, 0, L, i_h, H, K, BC, PREC)
-    A31, P31 = offdiag_blocks(qs, ks, G, t0, 48, 16, L, i_h, H, K, BC, PREC)
-    A32, P32 = offdiag_blocks(qs, ks, G, t0, 48, 32, L, i_h, H, K, BC, PREC)
-    zero = tl.zeros([16, 16], dtype=tl.float32)
-    st_cc(Aqk, P00 * scale, t0, 0, 0, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 16, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 48, L, i_h, H, 64)
-    st_cc(Aqk, P10 * scale, t0, 16, 0, L, i_h, H, 64)
-    st_cc(Aqk, P11 * scale, t0, 16, 16, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 16, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 16, 48, L, i_h, H, 64)
-    st_cc(Aqk, P20 * scale, t0, 32, 0, L, i_h, H, 64)
-    st_cc(Aqk, P21 * scale, t0, 32, 16, L, i_h, H, 64)
-    st_cc(Aqk, P22 * scale, t0, 32, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 32, 48, L, i_h, H, 64)
-    st_cc(Aqk, P30 * scale, t0, 48, 0, L, i_h, H, 64)
-    st_cc(Aqk, P31 * scale, t0, 48, 16, L, i_h, H, 64)
-    st_cc(Aqk, P32 * scale, t0, 48, 32, L, i_h, H, 64)
-    st_cc(Aqk, P33 * scale, t0, 48, 48, L, i_h, H, 64)
 
-    b0 = tl.load(beta + (t0 + r16) * H + i_h, mask=r16 < L, other=0.).to(tl.float32)
-    b1 = tl.load(beta + (t0 + 16 + r16) * H + i_h, mask=16 + r16 < L, other=0.).to(tl.float32)
-    b2 = tl.load(beta + (t0 + 32 + r16) * H + i_h, mask=32 + r16 < L, other=0.).to(tl.float32)
-    b3 = tl.load(beta + (t0 + 48 + r16) * H + i_h, mask=48 + r16 < L, other=0.).to(tl.float32)
-    A00, A11, A22, A33 = A00 * b0[:, None], A11 * b1[:, None], A22 * b2[:, None], A33 * b3[:, None]
-    A10, A20, A21 = A10 * b1[:, None], A20 * b2[:, None], A21 * b2[:, None]
-    A30, A31, A32 = A30 * b3[:, None], A31 * b3[:, None], A32 * b3[:, None]
+@autotune([config(8, 1, BC=32), config(4, 1, BC=32), config(8, 1, BC=64), config(4, 1, BC=16)],
+          key=["H", "K"])
+@triton.jit
+def _fwd_blocks_kernel(
+    qs, ks, G, beta,                  # qs, ks [NTOK, H, K] (normalised if so); G f32; beta [NTOK, H]
+    Akk, Aqk,                         # out: [NTOK, H, 64] f32, row block I of each
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per (chunk, head, row block I of 16): row block I of Akk (strictly lower, times beta) and of Aqk
+    (lower, times scale), as 16 x 16 blocks with exact decays summed over channel blocks: the diagonal
+    block from pair decays, the blocks left of it as dots around a reference row. Blocks right of the
+    diagonal are written as zeros."""
+    i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    rI = I * 16
+    if rI < L:
+        r16 = tl.arange(0, 16)
+        b_beta = tl.load(beta + (t0 + rI + r16) * H + i_h, mask=rI + r16 < L, other=0.).to(tl.float32)
+        A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC)
+        st_cc(Akk, A_d * b_beta[:, None], t0, rI, rI, L, i_h, H, 64)
+        st_cc(Aqk, P_d * scale, t0, rI, rI, L, i_h, H, 64)
+        for J in range(0, I):
+            A_o, P_o = offdiag_blocks(qs, ks, G, t0, rI, J * 16, L, i_h, H, K, BC, PREC)
+            st_cc(Akk, A_o * b_beta[:, None], t0, rI, J * 16, L, i_h, H, 64)
+            st_cc(Aqk, P_o * scale, t0, rI, J * 16, L, i_h, H, 64)
+        zero = tl.zeros([16, 16], dtype=tl.float32)
+        for J in range(I + 1, 4):
+            st_cc(Akk, zero, t0, rI, J * 16, L, i_h, H, 64)
+            st_cc(Aqk, zero, t0, rI, J * 16, L, i_h, H, 64)
 
-    # ---- 3. T = (I + A)^-1: diagonal blocks by substitution, then block forward substitution
+
+@triton.jit
+def _fwd_inverse_kernel(
+    Akk, Tm,                          # Akk [NTOK, H, 64] f32 (strictly lower, beta-scaled); out T, same shape
+    cu_seqlens, chunk_seq, chunk_pos,
+    H, PREC: tl.constexpr,
+):
+    """Per (chunk, head): T = (I + Akk)^-1, the diagonal 16 x 16 blocks by substitution, then block
+    forward substitution T_IJ = -T_II sum_k A_Ik T_kJ."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    A00 = ld_cc(Akk, t0, 0, 0, L, i_h, H, 64)
+    A10 = ld_cc(Akk, t0, 16, 0, L, i_h, H, 64)
+    A11 = ld_cc(Akk, t0, 16, 16, L, i_h, H, 64)
+    A20 = ld_cc(Akk, t0, 32, 0, L, i_h, H, 64)
+    A21 = ld_cc(Akk, t0, 32, 16, L, i_h, H, 64)
+    A22 = ld_cc(Akk, t0, 32, 32, L, i_h, H, 64)
+    A30 = ld_cc(Akk, t0, 48, 0, L, i_h, H, 64)
+    A31 = ld_cc(Akk, t0, 48, 16, L, i_h, H, 64)
+    A32 = ld_cc(Akk, t0, 48, 32, L, i_h, H, 64)
+    A33 = ld_cc(Akk, t0, 48, 48, L, i_h, H, 64)
     T00 = inv_unit_lower16(A00)
     T11 = inv_unit_lower16(A11)
     T22 = inv_unit_lower16(A22)
@@ -135,6 +144,7 @@ def _fwd_intra_kernel(
                   input_precision=PREC)
     T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
                   + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
     st_cc(Tm, T00, t0, 0, 0, L, i_h, H, 64)
     st_cc(Tm, zero, t0, 0, 16, L, i_h, H, 64)
     st_cc(Tm, zero, t0, 0, 32, L, i_h, H, 64)
@@ -306,14 +316,19 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     u = torch.empty(1, NTOK, H, V, **f32)
     Aqk = torch.empty(1, NTOK, H, CHUNK, **f32)
     Tm = torch.empty(1, NTOK, H, CHUNK, **f32)
-    _fwd_intra_kernel[(NC, H)](
-        q, k, g, beta, qn, kn, G, Aqk, Tm,
+    _fwd_gate_kernel[(NC, H)](
+        q, k, g, qn, kn, G,
         A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
-        cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, BK=BK,
-        USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
-        HAS_DT_BIAS=dt_bias is not None, PREC=prec,
+        cu_seqlens, chunk_seq, chunk_pos,
+        H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
+        HAS_DT_BIAS=dt_bias is not None, num_warps=4, num_stages=1,
     )
+    Akk = torch.empty(1, NTOK, H, CHUNK, **f32)
+    _fwd_blocks_kernel[(NC, H, CHUNK // 16)](
+        qn, kn, G, beta, Akk, Aqk, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
+    )
+    _fwd_inverse_kernel[(NC, H)](Akk, Tm, cu_seqlens, chunk_seq, chunk_pos, H=H, PREC=prec, num_warps=4, num_stages=1)
+    del Akk
     _fwd_wy_kernel[(NC, H)](
         qn, kn, v, beta, G, Tm, w, u, qg, kg, cu_seqlens, chunk_seq, chunk_pos, scale,
         H=H, K=K, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
