@@ -91,8 +91,8 @@ def autotune(configs, key):
     picks another one, so every candidate can be checked.
 
     Tuning runs a kernel several times on the real arguments, so no tuned kernel updates one of them
-    in place. (Triton's restore_value would allow it; the one kernel that used it faulted with an
-    illegal address on an H200 at its second candidate's first launch.)
+    in place, and per-block partials are written whole on every launch (stale slots of a trial with
+    another block size would otherwise survive).
 
     The candidates come from benchmarks/kda_static.py: on sm_90 the single configs used before spilled
     1-8 KB of registers per thread in every chunk kernel; the lists hold the ones that spill least.
