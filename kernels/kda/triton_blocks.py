@@ -15,6 +15,15 @@ import triton.language as tl
 
 
 @triton.jit
+def chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c):
+    """(t0, L): the first token (int64) of chunk i_c of the chunk table, and its length (<= 64)."""
+    i_n = tl.load(chunk_seq + i_c)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
+    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    return t0, L
+
+
+@triton.jit
 def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
     """[16, BD] float32 tile: rows r0..r0+15 of the chunk, zero past L or past D."""
     return ld_rows_at(base, t0, r0, L, i_h, H, D, 0, BD)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
+from .triton_blocks import chunk_span, ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
 
@@ -45,9 +45,7 @@ def _bwd_dv_local_kernel(
     """The state-free part of dv_new, Aqk^T do, for every chunk in parallel: the reverse state pass
     then only adds kg dh (one dot less and no Aqk tile in its sequential loop)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
@@ -114,9 +112,7 @@ def _bwd_inter_kernel(
     PREC: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
     rows = tl.arange(0, 64)
     m_r = rows < L
@@ -218,9 +214,7 @@ def _bwd_intra_kernel(
     whatever BC the tuner picked: a block writes its sum to its first unit and zeros to the others, so
     every slot is written on every launch (tuning runs other BCs on the same buffers first)."""
     i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     r16 = tl.arange(0, 16)
     c0 = i_cb * BC
     slot = i_cb * (BC // BC_MIN)                           # first BC_MIN unit of this channel block
@@ -340,9 +334,7 @@ def _bwd_l2norm_kernel(
     """Backward of y = x * rsqrt(|x|^2 + eps) for q and k, per (chunk, head), 16 rows at a time:
     dx = rsqrt(.) * (dy - y (y . dy))."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     for I in tl.static_range(4):
         xq = ld_rows(q_raw, t0, I * 16, L, i_h, H, K, BK)
         rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)

@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (diag_blocks, inv_unit_lower16, ld_cc, ld_row, ld_row_at, ld_rows, offdiag_blocks,
-                            st_cc, st_rows)
+from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_row, ld_row_at, ld_rows,
+                            offdiag_blocks, st_cc, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
 
 
@@ -43,9 +43,7 @@ def _fwd_gate_kernel(
     """Per (chunk, head), 16 rows at a time: the gate (optionally -exp(A_log) * softplus(x + dt_bias)),
     its chunk-local cumulative sum G, and the optional L2 norm of q and k."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     r16 = tl.arange(0, 16)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
@@ -89,9 +87,7 @@ def _fwd_blocks_kernel(
     block from pair decays, the blocks left of it as dots around a reference row. Blocks right of the
     diagonal are written as zeros."""
     i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     rI = I * 16
     if rI < L:
         r16 = tl.arange(0, 16)
@@ -118,9 +114,7 @@ def _fwd_inverse_kernel(
     """Per (chunk, head): T = (I + Akk)^-1, the diagonal 16 x 16 blocks by substitution, then block
     forward substitution T_IJ = -T_II sum_k A_Ik T_kJ."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     A00 = ld_cc(Akk, t0, 0, 0, L, i_h, H, 64)
     A10 = ld_cc(Akk, t0, 16, 0, L, i_h, H, 64)
     A11 = ld_cc(Akk, t0, 16, 16, L, i_h, H, 64)
@@ -198,9 +192,7 @@ def _fwd_wy_kernel(
     """Per (chunk, head): the WY factors w = T (beta k e^G) and u = T (beta v) as [64, 64] x [64, BC]
     products over column blocks, and the pre-decayed qg = scale q e^G, kg = k e^(G_last - G)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     rows = tl.arange(0, 64)
     m_r = (rows < L)[:, None]
     o_c = tl.arange(0, 64)
@@ -275,9 +267,7 @@ def _fwd_output_kernel(
     PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c)
-    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
-    L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     o_c = tl.arange(0, 64)

@@ -52,9 +52,8 @@ def summarize_run(run_dir, window: int = 10) -> str:
                   "|---:|" + "---:|" * len(keys)]
         lines += [f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k in keys) + " |"
                   for r in evals]
-    if len(steps) > 1:
-        wall = steps[-1]["wall_time"] - steps[0]["wall_time"] if "wall_time" in steps[0] else None
-        if wall is not None:
-            lines += ["", f"Wall time from step {steps[0]['step']} to step {steps[-1]['step']}: {wall:.0f} s "
-                      "(evaluations included)."]
+    if len(steps) > 1 and "wall_time" in steps[0]:
+        wall = steps[-1]["wall_time"] - steps[0]["wall_time"]
+        lines += ["", f"Wall time from step {steps[0]['step']} to step {steps[-1]['step']}: {wall:.0f} s "
+                  "(evaluations included)."]
     return "\n".join(lines) + "\n"
