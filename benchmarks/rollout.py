@@ -163,7 +163,7 @@ def run_model(key, args, tmp, model_results, save):
     if "embedded" not in engines:
         return
     model = model.cuda().eval()
-    chosen = [cell for cell in args.embedded_cells.split(",") if cell in cells]
+    chosen = args.embedded_cells.split(",")                       # checked against CELLS in main()
     for cell in chosen:
         record(cells[cell], "embedded", "pending")
     save()
@@ -224,6 +224,10 @@ def main():
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
+    unknown = set(args.embedded_cells.split(",")) - {f"{b}x{l}" for b, l in CELLS}
+    if unknown:
+        parser.error(f"--embedded-cells: unknown cell(s) {sorted(unknown)}; "
+                     f"choose from {[f'{b}x{l}' for b, l in CELLS]}")
     device = torch.cuda.get_device_name()
     slug = device.replace(" ", "_")
     results_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"

@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--cells", default="64x4096,256x4096", help="comma-separated BxL")
     args = ap.parse_args()
     out = Path(args.out)
+    if not all(c.count("x") == 1 and all(x.isdigit() for x in c.split("x")) for c in args.cells.split(",")):
+        ap.error(f"--cells: {args.cells!r} is not a comma-separated list of BxL (e.g. 64x4096,256x4096)")
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")]
     context = max(length for _, length in cells)
     lines = [f"# vLLM decode, hybrid 106M ({torch.cuda.get_device_name()}), mode {args.mode}", "",

@@ -122,6 +122,20 @@ def test_chunk_triton_every_autotune_candidate(name, index):
     assert all(e < tol[n] for n, e in errs.items()), errs
 
 
+def test_autotune_pins_reject_bad_names_and_indices(monkeypatch):
+    from kernels.kda.triton_utils import TUNED, check_env_pins, pin_config
+    with pytest.raises(IndexError, match="_fwd_blocks_kernel has candidates 0..3"):
+        pin_config("_fwd_blocks_kernel", len(TUNED["_fwd_blocks_kernel"][1]))
+    with pytest.raises(KeyError, match="no autotuned kernel 'nope'"):
+        pin_config("nope", 0)
+    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_blocks_kernl=1")
+    with pytest.raises(ValueError, match="names no autotuned kernel: \\['_fwd_blocks_kernl'\\]"):
+        check_env_pins()
+    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_blocks_kernel=one")
+    with pytest.raises(ValueError, match="is not kernel=index"):
+        check_env_pins()
+
+
 def test_chunk_triton_bf16_inputs_match_oracle():
     """bf16 q, k, v, beta: the key path (w, qg, kg) is stored in bf16, the value path and the state
     in fp32. Against the float64 oracle on the same rounded inputs; the GPU bound is 5e-3, here 1e-2

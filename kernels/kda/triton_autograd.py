@@ -9,7 +9,9 @@ import torch
 from .common import check_shapes
 from .triton_chunk_bwd import chunk_kda_bwd
 from .triton_chunk_fwd import chunk_kda_fwd
-from .triton_utils import chunk_table, default_cu_seqlens
+from .triton_utils import check_env_pins, chunk_table, default_cu_seqlens
+
+check_env_pins()          # every autotuned kernel is defined by now: a mistyped pin fails here
 
 _SAVED = ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new", "qg", "kg")
 

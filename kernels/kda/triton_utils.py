@@ -12,11 +12,16 @@ import triton
 CHUNK = 64
 
 
+def interpreting():
+    """True under TRITON_INTERPRET=1 (the CPU tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _fix_interpreter_index():
     """Triton 3.6's interpreter turns a scalar into a Python int with int(array), which numpy >= 2.4
     refuses for the 1-element arrays it uses for scalars (so `for t in range(bos, eos)` with loaded
     bounds fails). Read the element with .item() instead. Only applied under TRITON_INTERPRET=1."""
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if not interpreting():
         return
     from triton.runtime import interpreter
 
@@ -67,7 +72,7 @@ def dot_dtype(dtype):
     miscomputes a dot whose operand was cast to bf16 inside the kernel (a 16 x 16 check gives errors
     of 1e10), so the CPU tests could not check that cast."""
     import triton.language as tl
-    if dtype == torch.float32 or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if dtype == torch.float32 or interpreting():
         return tl.float32
     return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
@@ -108,11 +113,21 @@ def autotune(configs, key):
 
 
 def _env_pins():
+    """DELTARL_KDA_CONFIG as {kernel name: candidate index}."""
     pins = {}
     for item in filter(None, os.environ.get("DELTARL_KDA_CONFIG", "").split(",")):
         name, _, index = item.partition("=")
+        if not index.strip().isdigit():
+            raise ValueError(f"DELTARL_KDA_CONFIG: {item!r} is not kernel=index (e.g. _bwd_intra_kernel=1)")
         pins[name.strip()] = int(index)
     return pins
+
+
+def check_env_pins():
+    """Raise if DELTARL_KDA_CONFIG names a kernel that is not autotuned (call once all are defined)."""
+    unknown = sorted(set(_env_pins()) - set(TUNED))
+    if unknown:
+        raise ValueError(f"DELTARL_KDA_CONFIG names no autotuned kernel: {unknown}; known: {sorted(TUNED)}")
 
 
 def pin_config(name, index=None):
@@ -122,10 +137,11 @@ def pin_config(name, index=None):
         raise KeyError(f"no autotuned kernel {name!r}; known: {sorted(TUNED)}")
     tuner, configs = TUNED[name]
     if index is None:
-        interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-        tuner.configs = configs[:1] if interpreting else list(configs)
-    else:
+        tuner.configs = configs[:1] if interpreting() else list(configs)
+    elif 0 <= index < len(configs):
         tuner.configs = [configs[index]]
+    else:
+        raise IndexError(f"{name} has candidates 0..{len(configs) - 1}, not {index}")
     tuner.cache.clear()
 
 
