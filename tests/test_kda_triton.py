@@ -24,10 +24,20 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:Runt
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-4
+# dA_log (one number per head) and ddt_bias (one per head and channel) are sums over every token
+# of the gate's gradient, with heavy cancellation. In fp32 both land between 1e-6 and about 1e-4
+# relative, for the PyTorch chunk path as well (40 seeds of the K = 64 gated case: ddt_bias up to
+# 5.9e-5 for both paths, dA_log up to 1.3e-4 for PyTorch); the per-token dg they sum stays near 1e-5.
+REDUCED_TOL = {"dA_log": 1e-3, "ddt_bias": 1e-3}
 
 
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def over_tolerance(errs):
+    """The entries of {name: relative error} above their tolerance (pytest truncates a full dict)."""
+    return {n: e for n, e in errs.items() if e >= REDUCED_TOL.get(n, TOL)}
 
 
 def _gen():
@@ -91,10 +101,7 @@ def test_chunk_triton_matches_oracle(case):
     ref = fwd_bwd(naive_recurrent_kda, x, cu, do, dht, gate, double=True)
     assert set(ours) == set(ref)
     errs = {n: rel(ours[n], ref[n]) for n in ref}
-    # dA_log is one number per head, a sum over every token and channel of dg * g with heavy
-    # cancellation: fp32 lands at 1e-6..1e-4 relative for the PyTorch chunk path as well
-    tol = {n: (1e-3 if n == "dA_log" else TOL) for n in errs}
-    assert all(e < tol[n] for n, e in errs.items()), errs
+    assert not over_tolerance(errs), over_tolerance(errs)
 
 
 def _candidates():
@@ -118,8 +125,7 @@ def test_chunk_triton_every_autotune_candidate(name, index):
         pin_config(name, None)
     ref = fwd_bwd(naive_recurrent_kda, x, cu, do, dht, True, double=True)
     errs = {n: rel(ours[n], ref[n]) for n in ref}
-    tol = {n: (1e-3 if n == "dA_log" else TOL) for n in errs}
-    assert all(e < tol[n] for n, e in errs.items()), errs
+    assert not over_tolerance(errs), over_tolerance(errs)
 
 
 def test_autotune_pins_reject_bad_names_and_indices(monkeypatch):
