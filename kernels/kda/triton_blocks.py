@@ -8,7 +8,7 @@ element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) 
 Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
 overflow within a chunk when decays are strong. Off-diagonal 16 x 16 blocks (rows I > columns J)
 split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and exp(G_r - G_j) <= 1.
-Diagonal blocks are built column by column from exp(G_i - G_j) itself.
+Diagonal blocks use the pair decays exp(G_i - G_j) themselves (`diag_decay`, a [16, 16, BC] tensor).
 """
 import triton
 import triton.language as tl
