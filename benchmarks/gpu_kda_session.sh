@@ -6,9 +6,9 @@
 #   sh benchmarks/gpu_kda_session.sh check   # bf16 with fla's outputs beside ours, then fp32 (~5 min)
 #   sh benchmarks/gpu_kda_session.sh sweep   # every autotune candidate alone, then the autotuner (~5 min)
 # Everything is written under $OUT as it goes, so a call cut by its time limit keeps what it measured.
-# To time an older version of our kernels in the same run (column "base"), first, here:
-#   rm -rf .abbase && mkdir .abbase && git archive <commit> kernels | tar -x -C .abbase
-# and carry [".kdakit", ".abbase"]; `bench` passes --baseline .abbase when it exists (git-excluded).
+# To time older versions of our kernels in the same run (a column each), first, here, per version:
+#   mkdir -p .abbase/NAME && git archive <commit> kernels | tar -x -C .abbase/NAME
+# and carry [".kdakit", ".abbase"]; `bench` passes --baseline NAME=.abbase/NAME for each (git-excluded).
 # fla 0.6.0 comes either from the gpu-kit (`../shared/gpu-kit/prepare core`, then its install.sh puts it
 # in /tmp/site) or, lighter (8 MB, one call), from .kdakit/site: fla/, fla_core + flash_linear_attention
 # dist-info and einops unpacked from ~/.cache/gpu-kit/core-*.tar.xz, carried with carry=[".kdakit"].
@@ -26,7 +26,9 @@ DEADLINE=$(( $(date +%s) + ${KDA_SECONDS:-540} ))
 left() { echo $(( DEADLINE - $(date +%s) > 1 ? DEADLINE - $(date +%s) : 1 )); }
 case "$PART" in
   bench)
-    BASE=""; [ -d .abbase/kernels ] && BASE="--baseline .abbase"
+    BASE=""
+    for d in .abbase/*/kernels; do [ -d "$d" ] && BASE="$BASE --baseline $(basename $(dirname $d))=$(dirname $d)"; done
+    echo "baselines:${BASE:- none}"
     timeout $(left) python3 benchmarks/kda_kernels.py $BASE --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
   check)
     timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log

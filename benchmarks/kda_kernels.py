@@ -1,10 +1,11 @@
 """Time chunkwise KDA: ours (Triton), fla's chunk_kda and the PyTorch chunk path, in one run.
 
-    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--baseline DIR] [--out FILE]
+    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--baseline [NAME=]DIR ...] [--out FILE]
 
---baseline DIR times another version of our kernels in the same run, as column "base": DIR holds a
-`kernels/kda` package, e.g. from `git archive <commit> kernels | tar -x -C DIR` (git-excluded,
-carried to the device), so a kernel change is judged against its predecessor on the same machine.
+--baseline NAME=DIR (repeatable) times another version of our kernels in the same run, as column NAME
+("base" when no name is given): DIR holds a `kernels/kda` package, e.g. from
+`git archive <commit> kernels | tar -x -C DIR` (git-excluded, carried to the device), so a kernel change
+is judged against its predecessors on the same machine, each change on its own.
 
 bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
 warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
@@ -49,18 +50,32 @@ def make(B, T, H, K, V, lens=None, dev="cuda"):
     return [q, k, v, g, beta], cu
 
 
-def load_baseline(root):
-    """chunk_kda_triton of the kernels/kda package under `root`, imported as its own package (the
-    package uses relative imports only), so it runs beside ours in one process."""
+def load_baseline(root, name):
+    """chunk_kda_triton of the kernels/kda package under `root`, imported as its own package `kda_<name>`
+    (the package uses relative imports only), so several versions run beside ours in one process."""
     import importlib
     import importlib.util
     pkg = os.path.join(root, "kernels", "kda")
-    spec = importlib.util.spec_from_file_location("kda_baseline", os.path.join(pkg, "__init__.py"),
+    if not os.path.isfile(os.path.join(pkg, "__init__.py")):
+        raise SystemExit(f"--baseline {name}={root}: no kernels/kda package under {root}")
+    spec = importlib.util.spec_from_file_location(f"kda_{name}", os.path.join(pkg, "__init__.py"),
                                                   submodule_search_locations=[pkg])
     module = importlib.util.module_from_spec(spec)
-    sys.modules["kda_baseline"] = module
+    sys.modules[f"kda_{name}"] = module
     spec.loader.exec_module(module)
-    return importlib.import_module("kda_baseline.triton_autograd").chunk_kda_triton
+    return importlib.import_module(f"kda_{name}.triton_autograd").chunk_kda_triton
+
+
+def parse_baselines(items):
+    """['NAME=DIR' or 'DIR', ...] -> {name: dir}; a bare DIR is named 'base'."""
+    out = {}
+    for item in items or []:
+        name, sep, root = item.partition("=")
+        name, root = (name, root) if sep else ("base", item)
+        if not name.isidentifier() or name in ("ours", "fla", "torch") or name in out:
+            raise SystemExit(f"--baseline {item!r}: the name must be a new identifier other than ours, fla, torch")
+        out[name] = root
+    return out
 
 
 def get_fla():
@@ -126,15 +141,15 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
-    ap.add_argument("--baseline", default=None, help="a directory holding an older kernels/kda to time beside ours")
+    ap.add_argument("--baseline", action="append", metavar="[NAME=]DIR",
+                    help="a directory holding another kernels/kda to time beside ours, as column NAME (repeatable)")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name()
     fla = get_fla()
     impls = {"ours": lambda q, k, v, g, b, cu: chunk_kda_triton(q, k, v, g, b, cu_seqlens=cu)}
-    if args.baseline:
-        base = load_baseline(args.baseline)
-        impls["base"] = lambda q, k, v, g, b, cu: base(q, k, v, g, b, cu_seqlens=cu)
+    for name, root in parse_baselines(args.baseline).items():
+        impls[name] = (lambda fn: lambda q, k, v, g, b, cu: fn(q, k, v, g, b, cu_seqlens=cu))(load_baseline(root, name))
     if fla is not None:
         impls["fla"] = lambda q, k, v, g, b, cu: fla(q, k, v, g, b, cu_seqlens=cu.long() if cu is not None else None)
     if not args.no_torch:

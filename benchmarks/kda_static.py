@@ -78,12 +78,12 @@ def kernels(dtype):
     blocks_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     inv_ptrs = {**ptr("Akk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    state_ptrs = {**ptr("kg w", x), **ptr("u G h v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
-    out_ptrs = {**ptr("qg o", x), **ptr("h v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    state_ptrs = {**ptr("kg w h", x), **ptr("u G v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    out_ptrs = {**ptr("qg o h", x), **ptr("v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_local", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bstate_ptrs = {**ptr("qg kg w do", x), **ptr("G dv_local dh dv_new dht dh0", f32),
+    bstate_ptrs = {**ptr("qg kg w do dh", x), **ptr("G dv_local dv_new dht dh0", f32),
                    **ptr("cu_seqlens chunk_offsets", i32)}
-    inter_ptrs = {**ptr("q k v beta do dv", x), **ptr("G Tm h v_new dh dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
+    inter_ptrs = {**ptr("q k v beta do dv h dh", x), **ptr("G Tm v_new dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta dq dk", x),
                    **ptr("g G dA dP dq_p dk_p dG_p A_log dt_bias dg dbias_p dAlog_p dbeta_cb", f32),
@@ -98,9 +98,9 @@ def kernels(dtype):
         ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(base, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
-        ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec)),
+        ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(base, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec)),
+        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
          dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec, USE_GATE=False, HAS_DT_BIAS=False)),
     ]

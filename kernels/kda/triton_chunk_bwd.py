@@ -30,7 +30,7 @@ import triton.language as tl
 
 from .triton_blocks import chunk_span, ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
-from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
+from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 BC_MIN = 16          # the smallest channel block among `_bwd_intra_kernel`'s candidates
 
@@ -40,7 +40,7 @@ BC_MIN = 16          # the smallest channel block among `_bwd_intra_kernel`'s ca
 def _bwd_dv_local_kernel(
     Aqk, do, dv_local,                # Aqk [NTOK,H,64] f32; do [NTOK,H,V]; out dv_local [NTOK,H,V] f32
     cu_seqlens, chunk_seq, chunk_pos,
-    H, V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    H, V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The state-free part of dv_new, Aqk^T do, for every chunk in parallel: the reverse state pass
     then only adds kg dh (one dot less and no Aqk tile in its sequential loop)."""
@@ -49,8 +49,8 @@ def _bwd_dv_local_kernel(
     o_c = tl.arange(0, 64)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64)                    # [64, 64]
-    b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
+    b_A = _ld_chunk(Aqk, t0, L, i_h, H, 64, o_c, o_c < 64).to(DOT)            # [64, 64]
+    b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)                    # [64, BV]
     _st_chunk(dv_local, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
 
 
@@ -61,7 +61,7 @@ def _bwd_dv_local_kernel(
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
-    dv_local, dh, dv_new, dht, dh0,   # dv_local = Aqk^T do [NTOK,H,V] f32; out dh [NC,H,K,V], dv_new = dv_local + kg dh
+    dv_local, dh, dv_new, dht, dh0,   # dv_local = Aqk^T do [NTOK,H,V] f32; out dh [NC,H,K,V] (state_dtype), dv_new = dv_local + kg dh
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -109,15 +109,16 @@ def _bwd_inter_kernel(
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
     H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
+    """Per (chunk, head). Dot operands in DOT (the input's half type on the GPU), fp32 accumulators."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
     rows = tl.arange(0, 64)
     m_r = rows < L
 
-    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
+    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64).to(DOT)              # [64, 64]
     b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
     p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
     p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
@@ -129,12 +130,12 @@ def _bwd_inter_kernel(
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
-        b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
-        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
-        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
+        b_vn = _ld_tile(v_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+        b_dvn = _ld_tile(dv_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
         b_v = _ld_chunk(v, t0, L, i_h, H, V, o_v, m_v)
         dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        dT += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        dT += tl.dot(b_dvn, tl.trans((b_v * b_beta[:, None]).to(DOT)), input_precision=PREC)
         dY = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)               # d(beta v) [64, BV]
         _st_chunk(dv, dY * b_beta[:, None], t0, L, i_h, H, V, o_v, m_v)
         dbeta += tl.sum(dY * b_v, axis=1)
@@ -151,23 +152,23 @@ def _bwd_inter_kernel(
             o_v = v0 + tl.arange(0, BV)
             m_v = o_v < V
             m_kv = m_k[:, None] & m_v[None, :]
-            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-            b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
-            b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
-            b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(DOT)
+            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(DOT)
+            b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+            b_dvn = _ld_tile(dv_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+            b_vn = _ld_tile(v_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
             dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
             dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
             dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
-            dGl += tl.sum(b_h * b_dh, axis=1)
+            dGl += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
         b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
         b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
         b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
         e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
         # w = T X, X = beta k exp(G)
         X = b_k * e * b_beta[:, None]
-        dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
-        dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
+        dX = tl.dot(tl.trans(b_T), dwy.to(DOT), input_precision=PREC)
+        dT += tl.dot(dwy.to(DOT), tl.trans(X.to(DOT)), input_precision=PREC)
         b_dk = dX * e * b_beta[:, None]
         dbeta += tl.sum(dX * b_k * e, axis=1)
         b_dG = dX * X
@@ -186,7 +187,8 @@ def _bwd_inter_kernel(
         _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
 
     # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
-    b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
+    b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT.to(DOT), tl.trans(b_T), input_precision=PREC).to(DOT),
+                   input_precision=PREC)
     b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
     b_dP = tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.)
     _st_chunk(dA, b_dA, t0, L, i_h, H, 64, o_c, o_c < 64)
@@ -364,14 +366,14 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
                                                                    "qg", "kg"))
     do = do.contiguous()
 
-    dh = torch.empty(NC, H, K, V, **f32)
+    dh = torch.empty(NC, H, K, V, device=q.device, dtype=state_dtype(q.dtype))
     dv_local = torch.empty(1, NTOK, H, V, **f32)
     dv_new = torch.empty(1, NTOK, H, V, **f32)
     # one compiled variant: a missing dht is read as zeros, dh0 always computed
     dh0 = torch.empty(N, H, K, V, **f32)
     dht = dht.contiguous() if dht is not None else torch.zeros(N, H, K, V, **f32)
     _bwd_dv_local_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NC, H)](
-        Aqk, do, dv_local, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec,
+        Aqk, do, dv_local, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
     )
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
         qg, kg, w, G, do, dv_local, dh, dv_new, dht, dh0,
@@ -392,7 +394,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
         dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, PREC=prec,
+        H=H, K=K, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
     )
 
     dq = torch.empty_like(q)

@@ -17,7 +17,8 @@
 4. `_fwd_output_kernel`, one program per (chunk, head, V-block): o = qg h + Aqk v_new.
 
 Precision (benchmarks/kda_precision.py): the key path (w, qg, kg and the dots w S, kg^T v_new, qg h)
-runs in the input dtype; the value path (u, v_new, Aqk) and the state stay float32.
+and the stored per-chunk states h run in the input dtype; the value path (u, v_new, Aqk) and the
+running state stay float32.
 Launch configurations are autotuned (triton_utils.autotune).
 
 All tensors are on a packed token axis (a dense batch is B sequences of T tokens).
@@ -28,7 +29,7 @@ import triton.language as tl
 
 from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_row, ld_row_at, ld_rows,
                             offdiag_blocks, st_cc, st_rows)
-from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket
+from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 
 @triton.jit
@@ -221,7 +222,7 @@ def _fwd_wy_kernel(
 @triton.jit
 def _fwd_state_kernel(
     kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
-    h, v_new, h0, ht,                 # h [NC, H, K, V]; v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
+    h, v_new, h0, ht,                 # h [NC, H, K, V] (state_dtype); v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -324,7 +325,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
         H=H, K=K, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
     )
 
-    h = torch.empty(NC, H, K, V, **f32)
+    h = torch.empty(NC, H, K, V, device=q.device, dtype=state_dtype(q.dtype))
     v_new = torch.empty(1, NTOK, H, V, **f32)
     # one compiled variant: a missing initial state is read as zeros, the final state always stored
     h0 = initial_state if initial_state is not None else torch.zeros(N, H, K, V, **f32)

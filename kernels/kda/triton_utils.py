@@ -66,7 +66,8 @@ def dot_precision(dtype):
 
 
 def dot_dtype(dtype):
-    """Operand dtype of the key-path dots (w S, kg^T v_new, qg h): the input's half type on the GPU.
+    """Operand dtype of the dots that may run in half precision (the key path of the forward, every
+    backward dot outside the intra pass; benchmarks/kda_precision.py): the input's half type on the GPU.
 
     Under the interpreter they run in float32 on the same rounded values: Triton 3.6's interpreter
     miscomputes a dot whose operand was cast to bf16 inside the kernel (a 16 x 16 check gives errors
@@ -75,6 +76,12 @@ def dot_dtype(dtype):
     if dtype == torch.float32 or interpreting():
         return tl.float32
     return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+def state_dtype(dtype):
+    """Storage dtype of the per-chunk states h and their gradients dh: the input's half type (every
+    consumer reads them as dot operands in that type; benchmarks/kda_precision.py), else float32."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def next_pow2(x):
