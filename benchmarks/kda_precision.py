@@ -238,7 +238,9 @@ def main():
     lines = [f"# bf16 error budget of chunkwise KDA (T={args.T}, H={args.H}, K=V=128, float64 math)", "",
              "`python benchmarks/kda_precision.py` (CPU). Relative error against unrounded float64 math on the",
              "same bf16 inputs, for o and every gradient; each plan rounds storage points and matmul operands",
-             "(forward and backward) as the script's docstring says. The bound for bf16 inputs is 5e-3.", "",
+             "(forward and backward) as the script's docstring says. The bound for bf16 inputs is 5e-3.",
+             f"Inputs: unit q, k; decays exp(-softplus(x - {args.shift:g}) / 2) per token and channel; initial state",
+             f"N(0, {args.h0_scale:g}^2). Columns: o, then the gradients as the kernels return them.", "",
              "| plan | " + " | ".join(names) + " | worst |", "|---|" + "---:|" * (len(names) + 1)]
     for label, plan in plans():
         res = run(x, plan)
