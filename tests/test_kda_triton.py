@@ -160,6 +160,12 @@ def test_chunk_triton_bf16_inputs_match_oracle():
     assert all(e < 1e-2 for e in errs.values()), errs
 
 
+def test_chunk_triton_rejects_more_than_128_key_channels():
+    x, _ = make_inputs(1, 4, 1, 256, 16, None, True, False)
+    with pytest.raises(ValueError, match="K <= 128 channels .* got K = 256"):
+        chunk_kda_triton(**x)
+
+
 def test_chunk_triton_strong_decay_is_finite():
     """Per-channel decays down to exp(-30) per token: the 16-row split keeps every exp <= 1."""
     x, cu = make_inputs(1, 96, 1, 16, 16, None, True, False)

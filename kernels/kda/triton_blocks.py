@@ -58,12 +58,6 @@ def st_rows(base, x, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def ld_row(base, t0, r, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
-    """[BD] float32: row r of the chunk, zero when r >= L."""
-    return ld_row_at(base, t0, r, L, i_h, H, D, 0, BD)
-
-
-@triton.jit
 def ld_cc(base, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
     """[16, 16] block (rows rI.., columns rJ..) of a per-chunk [C, C] matrix stored token-major
     as [NTOK, H, C]; rows past L read as zero."""

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import chunk_span, ld_cc, ld_row, ld_row_at, ld_rows, ld_rows_at, st_rows
+from .triton_blocks import chunk_span, ld_cc, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -63,41 +63,59 @@ def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
     dv_local, dh, dv_new, dht, dh0,   # dv_local = Aqk^T do [NTOK,H,V] f32; out dh [NC,H,K,V] (state_dtype), dv_new = dv_local + kg dh
     cu_seqlens, chunk_offsets,
-    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
+    """The state gradient as two [64, BV] halves of K (K <= 128), as in the forward state pass."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     n_chunks = tl.cdiv(eos - bos, 64)
     c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    o_k = tl.arange(0, BK)
+    o_a = tl.arange(0, 64)
+    o_b = 64 + tl.arange(0, 64)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_a, m_b, m_v = o_a < K, o_b < K, o_v < V
+    p_a, p_b = o_a[:, None] * V + o_v[None, :], o_b[:, None] * V + o_v[None, :]
+    m_av, m_bv = m_a[:, None] & m_v[None, :], m_b[:, None] & m_v[None, :]
 
-    dS = tl.zeros([BK, BV], dtype=tl.float32)                    # gradient of the state leaving the chunk
+    dS_a = tl.zeros([64, BV], dtype=tl.float32)                  # gradient of the state leaving the chunk
+    dS_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_DHT:
-        dS += tl.load(dht + (i_n * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
+        dS_a += tl.load(dht + (i_n * H + i_h) * K * V + p_a, mask=m_av, other=0.)
+        if K > 64:
+            dS_b += tl.load(dht + (i_n * H + i_h) * K * V + p_b, mask=m_bv, other=0.)
     for j in range(0, n_chunks):
         i = n_chunks - 1 - j
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
-        tl.store(dh + ((c0 + i) * H + i_h) * K * V + p_kv, dS.to(dh.dtype.element_ty), mask=m_kv)
-        G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)
+        p_dh = dh + ((c0 + i) * H + i_h) * K * V
+        tl.store(p_dh + p_a, dS_a.to(dh.dtype.element_ty), mask=m_av)
         # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; dv_new stays fp32
-        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # k exp(G_last - G)
-        b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                # scale q exp(G)
-        b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                  # [64, BK]
-        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)                      # [64, BV]
-        b_dvn = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v) + tl.dot(b_kg, dS.to(DOT), input_precision=PREC)
+        b_dvn = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v)               # [64, BV]
+        b_dvn += tl.dot(_ld_tile(kg, t0, L, i_h, H, K, o_a, m_a).to(DOT), dS_a.to(DOT), input_precision=PREC)
+        if K > 64:
+            tl.store(p_dh + p_b, dS_b.to(dh.dtype.element_ty), mask=m_bv)
+            b_dvn += tl.dot(_ld_tile(kg, t0, L, i_h, H, K, o_b, m_b).to(DOT), dS_b.to(DOT), input_precision=PREC)
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
-        dS = (dS * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DOT), input_precision=PREC)
-              - tl.dot(tl.trans(b_w), b_dvn.to(DOT), input_precision=PREC))
+        b_dvn = b_dvn.to(DOT)
+        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)                # [64, BV]
+        G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)
+        b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_a, m_a).to(DOT)                # scale q exp(G)
+        b_w = _ld_tile(w, t0, L, i_h, H, K, o_a, m_a).to(DOT)
+        dS_a = (dS_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
+                - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+        if K > 64:
+            G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
+            b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_b, m_b).to(DOT)
+            b_w = _ld_tile(w, t0, L, i_h, H, K, o_b, m_b).to(DOT)
+            dS_b = (dS_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
+                    - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
     if STORE_DH0:
-        tl.store(dh0 + (i_n * H + i_h) * K * V + p_kv, dS, mask=m_kv)
+        tl.store(dh0 + (i_n * H + i_h) * K * V + p_a, dS_a, mask=m_av)
+        if K > 64:
+            tl.store(dh0 + (i_n * H + i_h) * K * V + p_b, dS_b, mask=m_bv)
 
 
 @autotune([config(8, 1, BV=32, BC=32), config(8, 2, BV=32, BC=32), config(8, 1, BV=16, BC=32),
@@ -378,7 +396,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
         qg, kg, w, G, do, dv_local, dh, dv_new, dht, dh0,
         cu_seqlens, chunk_offsets,
-        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK, HAS_DHT=True, STORE_DH0=True, PREC=prec,
+        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, HAS_DHT=True, STORE_DH0=True, PREC=prec,
         DOT=dot_dtype(q.dtype),
     )
     dh0 = dh0 if initial_state is not None else None

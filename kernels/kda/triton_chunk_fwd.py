@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_row, ld_row_at, ld_rows,
+from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_row_at, ld_rows,
                             offdiag_blocks, st_cc, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -224,38 +224,54 @@ def _fwd_state_kernel(
     kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
     h, v_new, h0, ht,                 # h [NC, H, K, V] (state_dtype); v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
     cu_seqlens, chunk_offsets,
-    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
+    """The state as two [64, BV] halves of K (K <= 128; the second is empty when K <= 64): smaller
+    tiles per dot and per live value than one [128, BV] block."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     n_chunks = tl.cdiv(eos - bos, 64)
     c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    o_k = tl.arange(0, BK)
+    o_a = tl.arange(0, 64)
+    o_b = 64 + tl.arange(0, 64)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_a, m_b, m_v = o_a < K, o_b < K, o_v < V
+    p_a, p_b = o_a[:, None] * V + o_v[None, :], o_b[:, None] * V + o_v[None, :]
+    m_av, m_bv = m_a[:, None] & m_v[None, :], m_b[:, None] & m_v[None, :]
 
-    S = tl.zeros([BK, BV], dtype=tl.float32)                                   # state entering the chunk
+    S_a = tl.zeros([64, BV], dtype=tl.float32)                                  # state entering the chunk
+    S_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_H0:
-        S += tl.load(h0 + (i_n * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
+        S_a += tl.load(h0 + (i_n * H + i_h) * K * V + p_a, mask=m_av, other=0.)
+        if K > 64:
+            S_b += tl.load(h0 + (i_n * H + i_h) * K * V + p_b, mask=m_bv, other=0.)
     for i in range(0, n_chunks):
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
-        tl.store(h + ((c0 + i) * H + i_h) * K * V + p_kv, S.to(h.dtype.element_ty), mask=m_kv)
+        p_h = h + ((c0 + i) * H + i_h) * K * V
+        tl.store(p_h + p_a, S_a.to(h.dtype.element_ty), mask=m_av)
         # dot operands in DOT (bf16 for bf16 inputs); u, v_new and S stay float32
-        b_w = _ld_tile(w, t0, L, i_h, H, K, o_k, m_k).to(DOT)                   # [64, BK]
-        b_u = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
-        b_vn = b_u - tl.dot(b_w, S.to(DOT), input_precision=PREC)               # [64, BV]
+        b_vn = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
+        b_vn -= tl.dot(_ld_tile(w, t0, L, i_h, H, K, o_a, m_a).to(DOT), S_a.to(DOT), input_precision=PREC)
+        if K > 64:
+            tl.store(p_h + p_b, S_b.to(h.dtype.element_ty), mask=m_bv)
+            b_vn -= tl.dot(_ld_tile(w, t0, L, i_h, H, K, o_b, m_b).to(DOT), S_b.to(DOT), input_precision=PREC)
         _st_chunk(v_new, b_vn, t0, L, i_h, H, V, o_v, m_v)
-        G_last = ld_row(G, t0, L - 1, L, i_h, H, K, BK)                         # [BK]
-        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_k, m_k).to(DOT)                 # [64, BK]
-        S = S * tl.exp(G_last)[:, None] + tl.dot(tl.trans(b_kg), b_vn.to(DOT), input_precision=PREC)
+        b_vn = b_vn.to(DOT)
+        G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)                         # [64]
+        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_a, m_a).to(DOT)                    # [64 tokens, 64]
+        S_a = S_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
+        if K > 64:
+            G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
+            b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_b, m_b).to(DOT)
+            S_b = S_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
     if STORE_HT:
-        tl.store(ht + (i_n * H + i_h) * K * V + p_kv, S, mask=m_kv)
+        tl.store(ht + (i_n * H + i_h) * K * V + p_a, S_a, mask=m_av)
+        if K > 64:
+            tl.store(ht + (i_n * H + i_h) * K * V + p_b, S_b, mask=m_bv)
 
 
 @autotune([config(8, 2, BV=64), config(4, 1, BV=64), config(4, 2, BV=32), config(8, 2, BV=128)],
@@ -290,6 +306,8 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     `table` = triton_utils.chunk_table(cu_seqlens). Returns (o, final_state, saved) where saved
     holds what the backward needs (G, qn, kn, w, Aqk, T, h, v_new, qg, kg)."""
     _, NTOK, H, K = q.shape
+    if K > 128:
+        raise ValueError(f"the Triton state passes hold K <= 128 channels (two halves of 64), got K = {K}")
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
@@ -333,7 +351,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     _fwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
         kg, w, u, G, h, v_new, h0, ht,
         cu_seqlens, chunk_offsets,
-        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, BK=BK,
+        H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V,
         HAS_H0=True, STORE_HT=True, PREC=prec, DOT=dot_dtype(q.dtype),
     )
     ht = ht if output_final_state else None
