@@ -118,8 +118,8 @@ def _bwd_state_kernel(
             tl.store(dh0 + (i_n * H + i_h) * K * V + p_b, dS_b, mask=m_bv)
 
 
-@autotune([config(8, 1, BV=32, BC=32), config(8, 2, BV=32, BC=32), config(8, 1, BV=16, BC=32),
-           config(16, 1, BV=32, BC=32), config(8, 1, BV=64, BC=32)], key=["H", "K", "V"])
+@autotune([config(8, 1, BV=32, BC=32), config(8, 1, BV=16, BC=16), config(8, 1, BV=32, BC=16),
+           config(8, 1, BV=16, BC=32), config(16, 1, BV=32, BC=32)], key=["H", "K", "V"])
 @triton.jit
 def _bwd_inter_kernel(
     q, k, v, beta, G, Tm, h, v_new, do, dh, dv_new,

@@ -217,8 +217,8 @@ def _fwd_wy_kernel(
         _st_chunk(u, tl.dot(b_T, b_Y, input_precision=PREC), t0, L, i_h, H, V, o_d, m_d)
 
 
-@autotune([config(8, 2, BV=32), config(8, 1, BV=32), config(8, 1, BV=64), config(4, 1, BV=32),
-           config(4, 1, BV=64), config(4, 2, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
+@autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(4, 2, BV=16), config(8, 2, BV=16),
+           config(8, 2, BV=64)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _fwd_state_kernel(
     kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
