@@ -179,7 +179,7 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
 
 
-@autotune([config(4, 1, BC=64), config(8, 1, BC=64), config(4, 2, BC=32), config(8, 2, BC=128)],
+@autotune([config(4, 2, BC=32), config(8, 2, BC=32), config(8, 1, BC=32), config(4, 2, BC=16)],
           key=["H", "K", "V"])
 @triton.jit
 def _fwd_wy_kernel(
