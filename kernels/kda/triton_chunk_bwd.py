@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import chunk_span, ld_cc, ld_row_at, ld_rows, ld_rows_at, st_rows
+from .triton_blocks import chunk_span, diag_decay, ld_cc, ld_row_at, ld_rows, ld_rows_at, st_rows
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -273,16 +273,13 @@ def _bwd_intra_kernel(
             eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
             b_dq *= eI
             b_R *= eI
-        p_cc = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI
-        for j in range(16):
-            kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
-            Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
-            e = tl.where(((r16 >= j) & m_r)[:, None], tl.exp(GI - Gj[None, :]), 0.)
-            cP = tl.load(dP + p_cc + j, mask=m_r, other=0.)
-            cA = tl.load(dA + p_cc + j, mask=m_r, other=0.)
-            kje = kj[None, :] * e
-            b_dq += cP[:, None] * kje
-            b_R += cA[:, None] * kje
+        # the diagonal block from pair decays E[i, j, c] = e^{G_i - G_j} (j <= i), as in the forward
+        E = diag_decay(GI, m_r)                                                 # [16, 16, BC]
+        dP_d = ld_cc(dP, t0, rI, rI, L, i_h, H, 64)                             # [16, 16] (i, j)
+        dA_d = ld_cc(dA, t0, rI, rI, L, i_h, H, 64)
+        kE = kI[None, :, :] * E                                                 # k_j E_ij
+        b_dq += tl.sum(dP_d[:, :, None] * kE, axis=1)
+        b_R += tl.sum(dA_d[:, :, None] * kE, axis=1)
 
         # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
         b_dkc = tl.zeros([16, BC], dtype=tl.float32)
@@ -297,17 +294,9 @@ def _bwd_intra_kernel(
             acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
                    + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
             b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
-        for i in range(16):
-            ri = rI + i
-            ki = ld_row_at(k, t0, ri, L, i_h, H, K, c0, BC)
-            qi = ld_row_at(q, t0, ri, L, i_h, H, K, c0, BC)
-            Gi = ld_row_at(G, t0, ri, L, i_h, H, K, c0, BC)
-            e = tl.where(((r16 <= i) & m_r & (ri < L))[:, None], tl.exp(Gi[None, :] - GI), 0.)
-            p_row = ((t0 + ri) * H + i_h).to(tl.int64) * 64 + rI + r16
-            rPv = tl.load(dP + p_row, mask=ri < L, other=0.)
-            bi = tl.load(beta + (t0 + ri) * H + i_h, mask=ri < L, other=0.).to(tl.float32)
-            rAv = tl.load(dA + p_row, mask=ri < L, other=0.) * bi
-            b_dkc += (rPv[:, None] * qi[None, :] + rAv[:, None] * ki[None, :]) * e
+        # and its columns: dkc_j += sum_i (dP_ij q_i + beta_i dA_ij k_i) E_ij
+        W = dP_d[:, :, None] * qI[:, None, :] + (dA_d * bI[:, None])[:, :, None] * kI[:, None, :]
+        b_dkc += tl.sum(W * E, axis=0)
 
         # combine with the partials of the inter kernel
         b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC))
