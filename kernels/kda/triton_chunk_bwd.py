@@ -215,8 +215,7 @@ def _bwd_inter_kernel(
 
 
 # every BC is a multiple of BC_MIN (the unit of the per-channel-block partials)
-@autotune([config(8, 1, BC=32), config(8, 1, BC=16), config(16, 1, BC=32), config(4, 1, BC=16)],
-          key=["H", "K", "USE_GATE"])
+@autotune([config(8, 1, BC=16), config(8, 1, BC=32)], key=["H", "K", "USE_GATE"])
 @triton.jit
 def _bwd_intra_kernel(
     q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p,
