@@ -63,6 +63,8 @@ def chunk_kda_triton(q, k, v, g, beta, scale=None, initial_state=None, output_fi
         raise ValueError("use_gate_in_kernel=True needs A_log (and optionally dt_bias)")
     if q.dtype == torch.float64:
         raise ValueError("the Triton path takes fp32/bf16/fp16; use chunk_kda_torch for float64")
+    if q.shape[-1] > 128:
+        raise ValueError(f"the Triton state passes hold K <= 128 channels (two halves of 64), got K = {q.shape[-1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return ChunkKDAFunction.apply(q, k, v, g, beta, A_log, dt_bias, scale, initial_state,
                                   output_final_state, cu_seqlens, use_qk_l2norm_in_kernel,

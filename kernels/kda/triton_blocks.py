@@ -58,6 +58,25 @@ def st_rows(base, x, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def ld_halves(base, p_a, p_b, m_a, m_b, K: tl.constexpr):
+    """A [K, V] state (K <= 128) at `base` as two [64, BV] float32 tiles, channels 0..63 at offsets
+    p_a and 64..127 at p_b (masks m_a, m_b); the second is zero when K <= 64."""
+    S_a = tl.load(base + p_a, mask=m_a, other=0.).to(tl.float32)
+    S_b = tl.zeros_like(S_a)
+    if K > 64:
+        S_b = tl.load(base + p_b, mask=m_b, other=0.).to(tl.float32)
+    return S_a, S_b
+
+
+@triton.jit
+def st_halves(base, S_a, S_b, p_a, p_b, m_a, m_b, K: tl.constexpr):
+    """Store the two halves of a state (see ld_halves) in base's dtype."""
+    tl.store(base + p_a, S_a.to(base.dtype.element_ty), mask=m_a)
+    if K > 64:
+        tl.store(base + p_b, S_b.to(base.dtype.element_ty), mask=m_b)
+
+
+@triton.jit
 def ld_cc(base, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
     """[16, 16] block (rows rI.., columns rJ..) of a per-chunk [C, C] matrix stored token-major
     as [NTOK, H, C]; rows past L read as zero."""

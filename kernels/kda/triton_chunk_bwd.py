@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import chunk_span, diag_decay, ld_cc, ld_row_at, ld_rows, ld_rows_at, st_rows
+from .triton_blocks import (chunk_span, diag_decay, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, st_halves,
+                            st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -83,13 +84,12 @@ def _bwd_state_kernel(
     dS_a = tl.zeros([64, BV], dtype=tl.float32)                  # gradient of the state leaving the chunk
     dS_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_DHT:
-        dS_a += tl.load(dht + (i_n * H + i_h) * K * V + p_a, mask=m_av, other=0.)
-        if K > 64:
-            dS_b += tl.load(dht + (i_n * H + i_h) * K * V + p_b, mask=m_bv, other=0.)
+        dS_a, dS_b = ld_halves(dht + (i_n * H + i_h) * K * V, p_a, p_b, m_av, m_bv, K)
     for j in range(0, n_chunks):
         i = n_chunks - 1 - j
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
+        # each half stored just before its dot (storing both first raises spills on sm_90)
         p_dh = dh + ((c0 + i) * H + i_h) * K * V
         tl.store(p_dh + p_a, dS_a.to(dh.dtype.element_ty), mask=m_av)
         # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; dv_new stays fp32
@@ -113,9 +113,7 @@ def _bwd_state_kernel(
             dS_b = (dS_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
                     - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
     if STORE_DH0:
-        tl.store(dh0 + (i_n * H + i_h) * K * V + p_a, dS_a, mask=m_av)
-        if K > 64:
-            tl.store(dh0 + (i_n * H + i_h) * K * V + p_b, dS_b, mask=m_bv)
+        st_halves(dh0 + (i_n * H + i_h) * K * V, dS_a, dS_b, p_a, p_b, m_av, m_bv, K)
 
 
 @autotune([config(8, 1, BV=32, BC=32), config(8, 1, BV=16, BC=16), config(8, 1, BV=32, BC=16),
@@ -344,16 +342,18 @@ def _bwd_l2norm_kernel(
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     for I in tl.static_range(4):
-        xq = ld_rows(q_raw, t0, I * 16, L, i_h, H, K, BK)
-        rq = tl.rsqrt(tl.sum(xq * xq, axis=1) + 1e-6)
-        yq = xq * rq[:, None]
-        dyq = ld_rows(dqn, t0, I * 16, L, i_h, H, K, BK)
-        st_rows(dq, rq[:, None] * (dyq - yq * tl.sum(yq * dyq, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
-        xk = ld_rows(k_raw, t0, I * 16, L, i_h, H, K, BK)
-        rk = tl.rsqrt(tl.sum(xk * xk, axis=1) + 1e-6)
-        yk = xk * rk[:, None]
-        dyk = ld_rows(dkn, t0, I * 16, L, i_h, H, K, BK)
-        st_rows(dk, rk[:, None] * (dyk - yk * tl.sum(yk * dyk, axis=1)[:, None]), t0, I * 16, L, i_h, H, K, BK)
+        _l2norm_bwd_rows(q_raw, dqn, dq, t0, I * 16, L, i_h, H, K, BK)
+        _l2norm_bwd_rows(k_raw, dkn, dk, t0, I * 16, L, i_h, H, K, BK)
+
+
+@triton.jit
+def _l2norm_bwd_rows(x, dy, dx, t0, r0, L, i_h, H, K: tl.constexpr, BK: tl.constexpr):
+    """dx for rows r0..r0+15 of the chunk: the backward of y = x * rsqrt(|x|^2 + eps)."""
+    b_x = ld_rows(x, t0, r0, L, i_h, H, K, BK)
+    r = tl.rsqrt(tl.sum(b_x * b_x, axis=1) + 1e-6)
+    y = b_x * r[:, None]
+    b_dy = ld_rows(dy, t0, r0, L, i_h, H, K, BK)
+    st_rows(dx, r[:, None] * (b_dy - y * tl.sum(y * b_dy, axis=1)[:, None]), t0, r0, L, i_h, H, K, BK)
 
 
 def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, table, saved,

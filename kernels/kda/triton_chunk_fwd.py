@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_row_at, ld_rows,
-                            offdiag_blocks, st_cc, st_rows)
+from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_halves, ld_row_at, ld_rows,
+                            offdiag_blocks, st_cc, st_halves, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 
@@ -245,12 +245,11 @@ def _fwd_state_kernel(
     S_a = tl.zeros([64, BV], dtype=tl.float32)                                  # state entering the chunk
     S_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_H0:
-        S_a += tl.load(h0 + (i_n * H + i_h) * K * V + p_a, mask=m_av, other=0.)
-        if K > 64:
-            S_b += tl.load(h0 + (i_n * H + i_h) * K * V + p_b, mask=m_bv, other=0.)
+        S_a, S_b = ld_halves(h0 + (i_n * H + i_h) * K * V, p_a, p_b, m_av, m_bv, K)
     for i in range(0, n_chunks):
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
+        # each half stored just before its dot (storing both first raises spills on sm_90)
         p_h = h + ((c0 + i) * H + i_h) * K * V
         tl.store(p_h + p_a, S_a.to(h.dtype.element_ty), mask=m_av)
         # dot operands in DOT (bf16 for bf16 inputs); u, v_new and S stay float32
@@ -269,9 +268,7 @@ def _fwd_state_kernel(
             b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_b, m_b).to(DOT)
             S_b = S_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
     if STORE_HT:
-        tl.store(ht + (i_n * H + i_h) * K * V + p_a, S_a, mask=m_av)
-        if K > 64:
-            tl.store(ht + (i_n * H + i_h) * K * V + p_b, S_b, mask=m_bv)
+        st_halves(ht + (i_n * H + i_h) * K * V, S_a, S_b, p_a, p_b, m_av, m_bv, K)
 
 
 @autotune([config(8, 2, BV=64), config(4, 1, BV=64), config(4, 2, BV=32), config(8, 2, BV=128)],
@@ -306,8 +303,6 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     `table` = triton_utils.chunk_table(cu_seqlens). Returns (o, final_state, saved) where saved
     holds what the backward needs (G, qn, kn, w, Aqk, T, h, v_new, qg, kg)."""
     _, NTOK, H, K = q.shape
-    if K > 128:
-        raise ValueError(f"the Triton state passes hold K <= 128 channels (two halves of 64), got K = {K}")
     V = v.shape[-1]
     N = cu_seqlens.numel() - 1
     chunk_seq, chunk_pos, chunk_offsets, NC = table
