@@ -149,7 +149,8 @@ def main():
     fla = get_fla()
     impls = {"ours": lambda q, k, v, g, b, cu: chunk_kda_triton(q, k, v, g, b, cu_seqlens=cu)}
     for name, root in parse_baselines(args.baseline).items():
-        impls[name] = (lambda fn: lambda q, k, v, g, b, cu: fn(q, k, v, g, b, cu_seqlens=cu))(load_baseline(root, name))
+        base = load_baseline(root, name)
+        impls[name] = lambda q, k, v, g, b, cu, base=base: base(q, k, v, g, b, cu_seqlens=cu)
     if fla is not None:
         impls["fla"] = lambda q, k, v, g, b, cu: fla(q, k, v, g, b, cu_seqlens=cu.long() if cu is not None else None)
     if not args.no_torch:

@@ -218,16 +218,11 @@ def main():
     parser.add_argument("--models", default="hybrid,mla",
                         help="which to run now; values of earlier runs on this device are kept")
     args = parser.parse_args()
-    unknown = set(args.engines.split(",")) - set(ENGINES)
-    if unknown:
-        parser.error(f"unknown engine(s) {sorted(unknown)}; choose from {list(ENGINES)}")
-    unknown = set(args.models.split(",")) - set(MODELS)
-    if unknown:
-        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
-    unknown = set(args.embedded_cells.split(",")) - {f"{b}x{l}" for b, l in CELLS}
-    if unknown:
-        parser.error(f"--embedded-cells: unknown cell(s) {sorted(unknown)}; "
-                     f"choose from {[f'{b}x{l}' for b, l in CELLS]}")
+    for flag, given, allowed in (("--engines", args.engines, list(ENGINES)), ("--models", args.models, list(MODELS)),
+                                 ("--embedded-cells", args.embedded_cells, [f"{b}x{l}" for b, l in CELLS])):
+        unknown = sorted(set(given.split(",")) - set(allowed))
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}; choose from {allowed}")
     device = torch.cuda.get_device_name()
     slug = device.replace(" ", "_")
     results_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"
@@ -236,6 +231,7 @@ def main():
         for key in args.models.split(","):
             run_model(key, args, tmp, results.setdefault(key, {}), lambda: write_tables(results, device, slug))
     print(write_tables(results, device, slug))
+
 
 if __name__ == "__main__":
     main()
