@@ -25,9 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:Runt
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-4
 # dA_log (one number per head) and ddt_bias (one per head and channel) are sums over every token
-# of the gate's gradient, with heavy cancellation. In fp32 both land between 1e-6 and about 1e-4
-# relative, for the PyTorch chunk path as well (40 seeds of the K = 64 gated case: ddt_bias up to
-# 5.9e-5 for both paths, dA_log up to 1.3e-4 for PyTorch); the per-token dg they sum stays near 1e-5.
+# of the gate's gradient, with heavy cancellation. In fp32 both come close to 1e-4 relative on some
+# seeds of the K = 64 gated case, for the PyTorch chunk path as much as for the kernels, while the
+# per-token dg they sum stays an order of magnitude lower.
 REDUCED_TOL = {"dA_log": 1e-3, "ddt_bias": 1e-3}
 
 
@@ -146,7 +146,7 @@ def test_chunk_triton_bf16_inputs_match_oracle():
     """bf16 q, k, v, beta: the key path (w, qg, kg) and the per-chunk states h, dh are stored in bf16,
     the value path and the running state in fp32. Against the float64 oracle on the same rounded
     inputs; the GPU bound is 5e-3, here 1e-2: Triton 3.6's interpreter converts fp32 to bf16 by
-    truncation (twice the error of rounding, and biased; o lands near 7e-3 here) and runs the dots
+    truncation (twice the error of rounding, and biased; o lands well above the GPU's error here) and runs the dots
     in fp32 (triton_utils.dot_dtype)."""
     B, T, H, K, V = 1, 100, 2, 32, 32
     x, cu = make_inputs(B, T, H, K, V, [30, 70], with_h0=True)
