@@ -230,7 +230,8 @@ def main():
     ap.add_argument("--h0-scale", type=float, default=0.1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "kda_precision_cpu.md"))
     args = ap.parse_args()
-    assert args.T % C == 0, "T must be a multiple of 64"
+    if args.T <= 0 or args.T % C:
+        ap.error(f"--T must be a positive multiple of {C}, got {args.T}")
     torch.set_num_threads(os.cpu_count() or 1)
     x = inputs(args.T, args.H, 128, 128, shift=args.shift, h0_scale=args.h0_scale)
     ref = run(x, None)

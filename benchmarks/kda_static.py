@@ -120,6 +120,10 @@ def main():
              "| kernel | num_warps | num_stages | block | registers | spill stores | spill loads | shared KB "
              "| wgmma / mma.sync |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    known = [name for name, *_ in kernels(args.dtype)]
+    unknown = sorted(set(args.only.split(",")) - set(known)) if args.only else []
+    if unknown:
+        ap.error(f"--only: unknown kernel(s) {unknown}; choose from {known}")
     for name, tuner, ptrs, consts in kernels(args.dtype):
         if args.only and name not in args.only.split(","):
             continue
