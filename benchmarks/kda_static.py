@@ -88,21 +88,24 @@ def kernels(dtype):
     bintra_ptrs = {**ptr("q k beta dq dk", x),
                    **ptr("g G dA dP dq_p dk_p dG_p A_log dt_bias dg dbias_p dAlog_p dbeta_cb", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    base = dict(K=K, V=V, BK=128, PREC=prec)
+    l2_ptrs = {**ptr("q_raw k_raw dq dk", x), **ptr("dqn dkn", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    kv = dict(K=K, V=V, PREC=prec)
+    base = dict(kv, BK=128)
     dot = dict(DOT=tl.float32 if dtype == "fp32" else tl.bfloat16)
     return [
         ("fwd gate", Fixed(fwd._fwd_gate_kernel), gate_ptrs,
          dict(K=K, BK=128, USE_L2NORM=True, USE_GATE=True, HAS_DT_BIAS=True)),
         ("fwd blocks", fwd._fwd_blocks_kernel, blocks_ptrs, dict(K=K, PREC=prec)),
         ("fwd inverse", Fixed(fwd._fwd_inverse_kernel), inv_ptrs, dict(PREC=prec)),
-        ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
-        ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(K=K, V=V, PREC=prec, **dot, HAS_H0=True, STORE_HT=True)),
+        ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(kv, **dot)),
+        ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(kv, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
-        ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(K=K, V=V, PREC=prec, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(K=K, V=V, PREC=prec, **dot)),
+        ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(kv, **dot, HAS_DHT=True, STORE_DH0=True)),
+        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(kv, **dot)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
          dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec, USE_GATE=False, HAS_DT_BIAS=False)),
+        ("bwd l2norm", Fixed(bwd._bwd_l2norm_kernel), l2_ptrs, dict(K=K, BK=128)),
     ]
 
 
