@@ -26,3 +26,17 @@ def kda_inputs(B, T, H, K, V, dtype=torch.float64, device="cpu", num_states=None
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def gate_sum_scales(x, ref):
+    """dA_log and ddt_bias are sums over tokens (dA_log also over channels) that can cancel to near
+    zero, so their error is measured against the size of the summed terms, sum |term|, taken from the
+    float64 reference. With z = x + dt_bias and gate = -e^A_log softplus(z):
+        ddt_bias[h, c] = sum_t dx[t, h, c]      dA_log[h] = sum_{t, c} dx softplus(z) / sigmoid(z)
+    (d gate / d A_log = gate, d gate / d x = -e^A_log sigmoid(z))."""
+    dx = ref["dg"].double()
+    H, K = dx.shape[-2:]
+    z = x["g"].double() + x["dt_bias"].double().view(H, K)
+    terms = dx * F.softplus(z) / torch.sigmoid(z)
+    assert torch.allclose(terms.sum((0, 1, 3)), ref["dA_log"].double(), rtol=1e-8, atol=1e-12)
+    return {"dA_log": terms.abs().sum((0, 1, 3)), "ddt_bias": dx.abs().sum((0, 1)).reshape(-1)}
