@@ -1,10 +1,13 @@
 #!/bin/sh
 # device run: the KDA kernels' benchmark with its per-kernel profile, GPU correctness (ours / fla /
 # float64 oracle) and the autotune-candidate sweep, as separate parts for separate device calls:
-#   sh benchmarks/gpu_kda_session.sh bench   # timings + profile + decode line (7+ min on a fresh machine:
+#   sh benchmarks/gpu_kda_session.sh bench [ARGS]  # timings + profile + decode line (7+ min on a fresh machine:
 #                                            #   every kernel autotunes at every new shape)
-#   sh benchmarks/gpu_kda_session.sh check   # bf16 with fla's outputs beside ours, then fp32 (~5 min)
+#   sh benchmarks/gpu_kda_session.sh check [--no-fla]  # bf16 with fla's outputs beside ours, then fp32
+#                                            #   (~12 min with fla, which autotunes at every new shape;
+#                                            #   ~4 min without)
 #   sh benchmarks/gpu_kda_session.sh sweep   # every autotune candidate alone, then the autotuner (~5 min)
+# ARGS after `bench` go to benchmarks/kda_kernels.py (e.g. --shapes 1,2,3,4 --no-profile --no-torch).
 # Everything is written under $OUT as it goes, so a call cut by its time limit keeps what it measured.
 # To time older versions of our kernels in the same run (a column each), first, here, per version:
 #   mkdir -p .abbase/NAME && git archive <commit> kernels | tar -x -C .abbase/NAME
@@ -14,6 +17,7 @@
 # dist-info and einops unpacked from ~/.cache/gpu-kit/core-*.tar.xz, carried with carry=[".kdakit"].
 export PYTHONPATH=$PWD/.kdakit/site:/tmp/site:$PWD PYTHONUNBUFFERED=1
 PART=${1:?usage: gpu_kda_session.sh bench|check|sweep}
+shift
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 # Triton's autotune results (~/.triton/cache/*/*.autotune.json, a few KB) go back in $OUT/tritontune.tgz;
 # copied here as .tritontune.tgz (git-excluded) and carried, they let the next fresh machine compile
@@ -29,9 +33,9 @@ case "$PART" in
     BASE=""
     for d in .abbase/*/kernels; do [ -d "$d" ] && BASE="$BASE --baseline $(basename $(dirname $d))=$(dirname $d)"; done
     echo "baselines:${BASE:- none}"
-    timeout $(left) python3 benchmarks/kda_kernels.py $BASE --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
+    timeout $(left) python3 benchmarks/kda_kernels.py $BASE "$@" --out $OUT/bench.md 2>&1 | tee $OUT/bench.log ;;
   check)
-    timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
+    timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes bf16 "$@" --out $OUT/correctness_bf16_fla.md 2>&1 | tee $OUT/check_bf16_fla.log
     timeout $(left) python3 tests/gpu/test_kda_triton_gpu.py --dtypes fp32 --no-fla --out $OUT/correctness_fp32.md 2>&1 | tee $OUT/check_fp32.log ;;
   sweep)
     timeout $(left) python3 tests/gpu/kda_config_sweep.py --dtype bf16 --jobs 8 --out $OUT/sweep_bf16.md 2>&1 | tee $OUT/sweep.log ;;

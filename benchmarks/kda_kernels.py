@@ -1,11 +1,14 @@
 """Time chunkwise KDA: ours (Triton), fla's chunk_kda and the PyTorch chunk path, in one run.
 
-    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--baseline [NAME=]DIR ...] [--out FILE]
+    python benchmarks/kda_kernels.py [--no-torch] [--no-profile] [--baseline [NAME=]DIR ...] [--shapes 0,1,..]
+                                     [--out FILE]
 
 --baseline NAME=DIR (repeatable) times another version of our kernels in the same run, as column NAME
 ("base" when no name is given): DIR holds a `kernels/kda` package, e.g. from
 `git archive <commit> kernels | tar -x -C DIR` (git-excluded, carried to the device), so a kernel change
-is judged against its predecessors on the same machine, each change on its own.
+is judged against its predecessors on the same machine, each change on its own. --shapes picks shapes
+of the table by index (the profile and decode line come after the first one picked), so a fresh
+machine's autotuning can be split over device calls.
 
 bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
 warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
@@ -143,6 +146,7 @@ def main():
     ap.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
     ap.add_argument("--baseline", action="append", metavar="[NAME=]DIR",
                     help="a directory holding another kernels/kda to time beside ours, as column NAME (repeatable)")
+    ap.add_argument("--shapes", default=None, help="comma-separated indices into the shape list (default: all)")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev_name = torch.cuda.get_device_name()
@@ -160,6 +164,12 @@ def main():
     packed = torch.randint(256, 769, (64,), generator=gen).tolist()
     shapes = [((1, 4096, 32, 128, 128), None), ((1, 16384, 16, 128, 128), None), ((8, 2048, 16, 128, 128), None),
               ((1, 65536, 8, 128, 128), None), ((1, sum(packed), 16, 128, 128), packed)]
+    if args.shapes is not None:
+        picked = args.shapes.split(",")
+        bad = [i for i in picked if not (i.isdigit() and int(i) < len(shapes))]
+        if bad:
+            ap.error(f"--shapes: {bad} not in 0..{len(shapes) - 1}")
+        shapes = [shapes[int(i)] for i in picked]
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"kda_kernels_{dev_name.replace(' ', '_').replace('/', '_')}.md")
     rows, extra = [], []

@@ -85,9 +85,9 @@ def kernels(dtype):
                    **ptr("cu_seqlens chunk_offsets", i32)}
     inter_ptrs = {**ptr("q k v beta do dv h dh", x), **ptr("G Tm v_new dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
                   **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bintra_ptrs = {**ptr("q k beta dq dk", x),
-                   **ptr("g G dA dP dq_p dk_p dG_p A_log dt_bias dg dbias_p dAlog_p dbeta_cb", f32),
+    bintra_ptrs = {**ptr("q k beta dq dk", x), **ptr("G dA dP dq_p dk_p dG_p dG dbeta_cb", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    dg_ptrs = {**ptr("g dG A_log dt_bias dg dbias_p dAlog_p", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     l2_ptrs = {**ptr("q_raw k_raw dq dk", x), **ptr("dqn dkn", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     kv = dict(K=K, V=V, PREC=prec)
     base = dict(kv, BK=128)
@@ -103,8 +103,8 @@ def kernels(dtype):
         ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(kv, **dot, HAS_DHT=True, STORE_DH0=True)),
         ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(kv, **dot)),
-        ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs,
-         dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec, USE_GATE=False, HAS_DT_BIAS=False)),
+        ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec)),
+        ("bwd dg", bwd._bwd_dg_kernel, dg_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, USE_GATE=True, HAS_DT_BIAS=True)),
         ("bwd l2norm", Fixed(bwd._bwd_l2norm_kernel), l2_ptrs, dict(K=K, BK=128)),
     ]
 

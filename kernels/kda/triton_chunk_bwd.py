@@ -1,4 +1,4 @@
-"""Chunkwise KDA backward in Triton: four stages, reading what the forward saved.
+"""Chunkwise KDA backward in Triton: five stages, reading what the forward saved.
 
 Per chunk (one head), with h the state entering the chunk, dh the gradient of the state leaving it,
 T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp(G_last - G):
@@ -17,18 +17,20 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
        dT = dv_new Y^T + d(TX) X^T,  dAkk = -T^T dT T^T (strictly lower),
    and the decay terms of qg, kg and exp(G_last). Writes dAkk, dP = scale * dAqk and partial
    dq, dk, dbeta, dG.
-3. `_bwd_intra_kernel` (chunk, head, channel block), in 16-row blocks with the same exact decays as
+3. `_bwd_intra_kernel` (16-row block of a chunk, head, channel block), with the same exact decays as
    the forward: the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk
-   and dP, the reverse cumulative sum dG -> dg inside the chunk and optionally the gate
-   (-exp(A_log) softplus(x + dt_bias)) backward; all per channel, so channel blocks are separate
-   programs, and the sums over channels (dbeta, dA_log) come out as per-block partials.
-4. with the in-kernel L2 norm, `_bwd_l2norm_kernel` (chunk, head): the norm's backward on whole rows.
+   and dP, for one row block's dq, dk and dG (its rows against earlier blocks, its columns against
+   later ones, the diagonal block token by token); all per channel and per row, so every row block
+   and channel block is its own program, and dbeta (a sum over channels) comes out as per-block
+   partials.
+4. `_bwd_dg_kernel` (chunk, head, channel block): the reverse cumulative sum dG -> dg inside the chunk and optionally the gate (-exp(A_log) softplus(x + dt_bias)) backward.
+5. with the in-kernel L2 norm, `_bwd_l2norm_kernel` (chunk, head): the norm's backward on whole rows.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, diag_decay, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, st_halves,
+from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, st_halves,
                             st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
@@ -213,122 +215,142 @@ def _bwd_inter_kernel(
 
 
 # every BC is a multiple of BC_MIN (the unit of the per-channel-block partials)
-@autotune([config(8, 1, BC=16), config(8, 1, BC=32)], key=["H", "K", "USE_GATE"])
+@autotune([config(4, 1, BC=32), config(2, 1, BC=32), config(4, 1, BC=64), config(2, 1, BC=16),
+           config(4, 2, BC=32)], key=["H", "K"])
 @triton.jit
 def _bwd_intra_kernel(
-    q, k, g, beta, G, dA, dP, dq_p, dk_p, dG_p,
-    A_log, dt_bias,
-    dq, dk, dg, dbias_p, dAlog_p,             # dbias_p [NC, H, K]; dAlog_p [NC, H, NCB] (gate only)
+    q, k, beta, G, dA, dP, dq_p, dk_p, dG_p,
+    dq, dk, dG,                               # out: dq, dk; dG f32 (before the reverse cumsum)
     dbeta_cb,                                 # [NCB, NTOK, H] f32: sum_c k R per channel block
     cu_seqlens, chunk_seq, chunk_pos,
-    NTOK, H, NCB, K: tl.constexpr, BC: tl.constexpr, BC_MIN: tl.constexpr,
-    USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, PREC: tl.constexpr,
+    NTOK, H, NCB, K: tl.constexpr, BC: tl.constexpr, BC_MIN: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One program per (chunk, head, channel block): every term is per channel except the sums over
-    channels (dbeta, dA_log), which each block writes as a partial for the caller to add. With the
-    in-kernel L2 norm, dq and dk here are the gradients of the normalised q, k (the norm's backward
-    needs whole rows: `_bwd_l2norm_kernel`). The partials are laid out in units of BC_MIN channels
-    whatever BC the tuner picked: a block writes its sum to its first unit and zeros to the others, so
-    every slot is written on every launch (tuning runs other BCs on the same buffers first)."""
-    i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """One program per (16-row block of a chunk, head, channel block): every term is per channel and
+    per row except dbeta, a sum over channels, which each block writes as a partial for the caller to
+    add. With the in-kernel L2 norm, dq and dk here are the gradients of the normalised q, k (the
+    norm's backward needs whole rows: `_bwd_l2norm_kernel`). The partials are laid out in units of
+    BC_MIN channels whatever BC the tuner picked: a block writes its sum to its first unit and zeros
+    to the others, so every slot is written on every launch (tuning runs other BCs on the same
+    buffers first)."""
+    i_cI, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, I = i_cI // 4, i_cI % 4
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
+    rI = I * 16
+    if rI >= L:
+        return
     r16 = tl.arange(0, 16)
+    rows = rI + r16
+    m_r = rows < L
     c0 = i_cb * BC
     slot = i_cb * (BC // BC_MIN)                           # first BC_MIN unit of this channel block
     o_k = c0 + tl.arange(0, BC)
+    m = m_r[:, None] & (o_k < K)[None, :]
+    qI = ld_rows_at(q, t0, rI, L, i_h, H, K, c0, BC)
+    kI = ld_rows_at(k, t0, rI, L, i_h, H, K, c0, BC)
+    GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
+    bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
+
+    # rows of block I from the blocks J < I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = same with dA
+    b_dq = tl.zeros([16, BC], dtype=tl.float32)
+    b_R = tl.zeros([16, BC], dtype=tl.float32)
+    if I > 0:
+        Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
+        for J in range(0, I):
+            rJ = J * 16
+            kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.exp(
+                Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC))
+            b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+            b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+        eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
+        b_dq *= eI
+        b_R *= eI
+
+    # columns of block I from the blocks I' > I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
+    b_dkc = tl.zeros([16, BC], dtype=tl.float32)
+    for Ip in range(I + 1, tl.cdiv(L, 16)):
+        rP = Ip * 16
+        mP = (rP + r16) < L
+        Grp = ld_row_at(G, t0, rP, L, i_h, H, K, c0, BC)
+        eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
+        bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
+        kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]          # dM = beta_i dA
+        qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
+        acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
+               + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
+        b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
+
+    # the diagonal block, one token j of it per step: its column (rows i >= j) and its row (columns
+    # i <= j); one exponent e^{-|G_i - G_j|} per channel serves both, and is at most 1
+    p_col = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI             # dP / dA[rows, rI + j] at + j
+    for j in range(0, tl.minimum(16, L - rI)):
+        p_row = ((t0 + rI + j) * H + i_h).to(tl.int64) * 64 + rI + r16  # dP / dA[rI + j, rows]
+        kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
+        qj = ld_row_at(q, t0, rI + j, L, i_h, H, K, c0, BC)
+        d = GI - ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)[None, :]
+        below = (r16 >= j)[:, None]
+        e = tl.where(m_r[:, None], tl.exp(tl.where(below, d, -d)), 0.)
+        e_row = tl.where(below, e, 0.)
+        e_col = tl.where((r16 <= j)[:, None], e, 0.)
+        b_dq += tl.load(dP + p_col + j, mask=m_r, other=0.)[:, None] * kj[None, :] * e_row
+        b_R += tl.load(dA + p_col + j, mask=m_r, other=0.)[:, None] * kj[None, :] * e_row
+        bj = tl.load(beta + (t0 + rI + j) * H + i_h).to(tl.float32)
+        b_dkc += (tl.load(dP + p_row)[:, None] * qj[None, :]
+                  + (tl.load(dA + p_row) * bj)[:, None] * kj[None, :]) * e_col
+
+    # combine with the partials of the inter kernel
+    b_dG = qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC)
+    b_dq += ld_rows_at(dq_p, t0, rI, L, i_h, H, K, c0, BC)
+    b_dk = bI[:, None] * b_R + b_dkc + ld_rows_at(dk_p, t0, rI, L, i_h, H, K, c0, BC)
+    # this channel block's share of dbeta (the caller adds the blocks and the inter partial)
+    p_b = slot.to(tl.int64) * NTOK * H + (t0 + rows) * H + i_h
+    tl.store(dbeta_cb + p_b, tl.sum(kI * b_R, axis=1), mask=m_r)
+    for z in tl.static_range(1, BC // BC_MIN):
+        tl.store(dbeta_cb + p_b + z * NTOK * H, tl.zeros([16], dtype=tl.float32), mask=m_r & (slot + z < NCB))
+    p_x = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
+    tl.store(dG + p_x, b_dG, mask=m)
+    tl.store(dq + p_x, b_dq.to(dq.dtype.element_ty), mask=m)
+    tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m)
+
+
+@autotune([config(4, 1, BC=32), config(4, 1, BC=64), config(8, 1, BC=64), config(2, 1, BC=16)],
+          key=["H", "K", "USE_GATE"])
+@triton.jit
+def _bwd_dg_kernel(
+    g, dG, A_log, dt_bias,
+    dg, dbias_p, dAlog_p,                     # dbias_p [NC, H, K]; dAlog_p [NC, H, NCB] (gate only)
+    cu_seqlens, chunk_seq, chunk_pos,
+    H, NCB, K: tl.constexpr, BC: tl.constexpr, BC_MIN: tl.constexpr,
+    USE_GATE: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+):
+    """One program per (chunk, head, channel block): G = cumsum(g) inside the chunk, so dg is the
+    reverse cumulative sum of dG over the chunk's rows; with the gate in the kernel, then its backward
+    to the raw gate input, dt_bias and A_log (per-chunk partials for the caller to add, A_log's in
+    BC_MIN units as in `_bwd_intra_kernel`)."""
+    i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
+    o_k = i_cb * BC + tl.arange(0, BC)
     m_k = o_k < K
+    m = (tl.arange(0, 64) < L)[:, None] & m_k[None, :]
+    b_dG = _ld_chunk(dG, t0, L, i_h, H, K, o_k, m_k)                                   # [64, BC]
+    b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG
     if USE_GATE:
         a = -tl.exp(tl.load(A_log + i_h).to(tl.float32))
-        bias = tl.zeros([BC], dtype=tl.float32)
+        x = _ld_chunk(g, t0, L, i_h, H, K, o_k, m_k)
         if HAS_DT_BIAS:
-            bias = tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-        dbias_acc = tl.zeros([BC], dtype=tl.float32)
-        dAlog_acc = tl.zeros([BC], dtype=tl.float32)
-    carry = tl.zeros([BC], dtype=tl.float32)                # sum of dG over the rows after this block
-    for I in tl.static_range(3, -1, -1):
-        rI = I * 16
-        rows = rI + r16
-        m_r = rows < L
-        m = m_r[:, None] & m_k[None, :]
-        qI = ld_rows_at(q, t0, rI, L, i_h, H, K, c0, BC)
-        kI = ld_rows_at(k, t0, rI, L, i_h, H, K, c0, BC)
-        GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
-        bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
-
-        # rows of block I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = sum_j dA_ij k_j e^{G_i-G_j}
-        b_dq = tl.zeros([16, BC], dtype=tl.float32)
-        b_R = tl.zeros([16, BC], dtype=tl.float32)
-        if I > 0:
-            Gr = ld_row_at(G, t0, tl.minimum(rI, L - 1), L, i_h, H, K, c0, BC)
-            for J in tl.static_range(I):
-                rJ = J * 16
-                mJ = (rJ + r16) < L
-                kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.where(
-                    mJ[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
-                b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-                b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-            eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
-            b_dq *= eI
-            b_R *= eI
-        # the diagonal block from pair decays E[i, j, c] = e^{G_i - G_j} (j <= i), as in the forward
-        E = diag_decay(GI, m_r)                                                 # [16, 16, BC]
-        dP_d = ld_cc(dP, t0, rI, rI, L, i_h, H, 64)                             # [16, 16] (i, j)
-        dA_d = ld_cc(dA, t0, rI, rI, L, i_h, H, 64)
-        kE = kI[None, :, :] * E                                                 # k_j E_ij
-        b_dq += tl.sum(dP_d[:, :, None] * kE, axis=1)
-        b_R += tl.sum(dA_d[:, :, None] * kE, axis=1)
-
-        # columns of block I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
-        b_dkc = tl.zeros([16, BC], dtype=tl.float32)
-        for Ip in tl.static_range(I + 1, 4):
-            rP = Ip * 16
-            mP = (rP + r16) < L
-            Grp = ld_row_at(G, t0, tl.minimum(rP, L - 1), L, i_h, H, K, c0, BC)
-            eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
-            bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
-            kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]     # dM = beta_i dA
-            qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
-            acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
-                   + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
-            b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
-        # and its columns: dkc_j += sum_i (dP_ij q_i + beta_i dA_ij k_i) E_ij
-        W = dP_d[:, :, None] * qI[:, None, :] + (dA_d * bI[:, None])[:, :, None] * kI[:, None, :]
-        b_dkc += tl.sum(W * E, axis=0)
-
-        # combine with the partials of the inter kernel
-        b_dG = (qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC))
-        b_dq += ld_rows_at(dq_p, t0, rI, L, i_h, H, K, c0, BC)
-        b_dk = bI[:, None] * b_R + b_dkc + ld_rows_at(dk_p, t0, rI, L, i_h, H, K, c0, BC)
-        # this channel block's share of dbeta (the caller adds the blocks and the inter partial)
-        p_b = slot.to(tl.int64) * NTOK * H + (t0 + rows) * H + i_h
-        tl.store(dbeta_cb + p_b, tl.sum(kI * b_R, axis=1), mask=m_r)
-        for z in tl.static_range(1, BC // BC_MIN):
-            tl.store(dbeta_cb + p_b + z * NTOK * H, tl.zeros([16], dtype=tl.float32), mask=m_r & (slot + z < NCB))
-
-        # G = cumsum(g) inside the chunk  ->  dg = reverse cumsum of dG
-        tot = tl.sum(b_dG, axis=0)
-        b_dg = tot[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + carry[None, :]
-        carry += tot
-        p_x = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
-        if USE_GATE:
-            x = ld_rows_at(g, t0, rI, L, i_h, H, K, c0, BC) + bias[None, :]
-            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
-            z = tl.exp(-tl.abs(x))
-            sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
-            b_dx = tl.where(m, b_dg * a * sig, 0.)
-            dbias_acc += tl.sum(b_dx, axis=0)
-            dAlog_acc += tl.sum(tl.where(m, b_dg * a * sp, 0.), axis=0)
-            tl.store(dg + p_x, b_dx.to(dg.dtype.element_ty), mask=m)
-        else:
-            tl.store(dg + p_x, b_dg.to(dg.dtype.element_ty), mask=m)
-        tl.store(dq + p_x, b_dq.to(dq.dtype.element_ty), mask=m)
-        tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m)
-    if USE_GATE:
-        tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, dbias_acc, mask=m_k)
+            x += tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)[None, :]
+        sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+        z = tl.exp(-tl.abs(x))
+        sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
+        b_dx = tl.where(m, b_dg * a * sig, 0.)
+        _st_chunk(dg, b_dx, t0, L, i_h, H, K, o_k, m_k)
+        tl.store(dbias_p + (i_c.to(tl.int64) * H + i_h) * K + o_k, tl.sum(b_dx, axis=0), mask=m_k)
+        slot = i_cb * (BC // BC_MIN)
         p_a = dAlog_p + (i_c.to(tl.int64) * H + i_h) * NCB + slot
-        tl.store(p_a, tl.sum(dAlog_acc, axis=0))
-        for z in tl.static_range(1, BC // BC_MIN):
-            tl.store(p_a + z, 0., mask=slot + z < NCB)
+        tl.store(p_a, tl.sum(tl.where(m, b_dg * a * sp, 0.)))
+        for u in tl.static_range(1, BC // BC_MIN):
+            tl.store(p_a + u, 0., mask=slot + u < NCB)
+    else:
+        _st_chunk(dg, b_dg, t0, L, i_h, H, K, o_k, m_k)
 
 
 @triton.jit
@@ -413,13 +435,18 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     # with the L2 norm, the intra kernel's dq / dk are those of the normalised q, k (fp32 scratch)
     dqn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dq
     dkn = torch.empty(1, NTOK, H, K, **f32) if use_qk_l2norm_in_kernel else dk
-    _bwd_intra_kernel[lambda meta: (NC, H, triton.cdiv(K, meta["BC"]))](
-        qn, kn, g, beta, G, dA, dP, dq_p, dk_p, dG_p,
-        A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
-        dqn, dkn, dg, dbias_p, dAlog_p, dbeta_cb,
+    dG = torch.empty(1, NTOK, H, K, **f32)
+    _bwd_intra_kernel[lambda meta: (NC * 4, H, triton.cdiv(K, meta["BC"]))](
+        qn, kn, beta, G, dA, dP, dq_p, dk_p, dG_p,
+        dqn, dkn, dG, dbeta_cb,
         cu_seqlens, chunk_seq, chunk_pos,
-        NTOK=NTOK, H=H, NCB=NCB, K=K, BC_MIN=BC_MIN, USE_GATE=use_gate_in_kernel,
-        HAS_DT_BIAS=dt_bias is not None, PREC=prec,
+        NTOK=NTOK, H=H, NCB=NCB, K=K, BC_MIN=BC_MIN, PREC=prec,
+    )
+    _bwd_dg_kernel[lambda meta: (NC, H, triton.cdiv(K, meta["BC"]))](
+        g, dG, A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        dg, dbias_p, dAlog_p,
+        cu_seqlens, chunk_seq, chunk_pos,
+        H=H, NCB=NCB, K=K, BC_MIN=BC_MIN, USE_GATE=use_gate_in_kernel, HAS_DT_BIAS=dt_bias is not None,
     )
     if use_qk_l2norm_in_kernel:
         _bwd_l2norm_kernel[(NC, H)](q, k, dqn, dkn, dq, dk, cu_seqlens, chunk_seq, chunk_pos, H=H, K=K, BK=BK)
