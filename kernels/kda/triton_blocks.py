@@ -6,8 +6,9 @@ valid rows of the chunk (the last chunk of a sequence can be short). Tensors are
 element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) * D + d.
 
 Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
-overflow within a chunk when decays are strong. Off-diagonal 16 x 16 blocks (rows I > columns J)
-split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and exp(G_r - G_j) <= 1.
+overflow within a chunk when decays are strong. Entries left of a diagonal block (row i in block I,
+column j before it) split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and
+exp(G_r - G_j) <= 1.
 Diagonal blocks use the pair decays exp(G_i - G_j) themselves (`diag_decay`, a [16, 16, BC] tensor).
 """
 import triton
@@ -96,24 +97,27 @@ def st_cc(base, x, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
 
 
 @triton.jit
-def offdiag_blocks(qs, ks, G, t0, rI, rJ, L, i_h,
-                   H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """Rows I > columns J of  Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i,
-    summed over channel blocks of BC (fewer live registers than whole rows).
+def left_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """Row block I's part left of its diagonal block (columns j < rI) of
+    Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i, summed over channel blocks of BC:
+    one [16, BC] x [BC, 64] product per channel block against every earlier row of the chunk.
 
-    Returns two [16, 16] float32 blocks (no beta, no scale)."""
-    rows_i = rI + tl.arange(0, 16)
-    rows_j = rJ + tl.arange(0, 16)
-    r = tl.minimum(rI, L - 1)              # reference row: the first of block I, clamped into the chunk
-    Akk = tl.zeros([16, 16], dtype=tl.float32)
-    Aqk = tl.zeros([16, 16], dtype=tl.float32)
+    Returns two [16, 64] float32 tiles (no beta, no scale), zero in columns j >= rI."""
+    r16 = tl.arange(0, 16)
+    rows64 = tl.arange(0, 64)
+    m_left = rows64 < rI                                                        # [64] earlier rows
+    Akk = tl.zeros([16, 64], dtype=tl.float32)
+    Aqk = tl.zeros([16, 64], dtype=tl.float32)
     for c0 in range(0, K, BC):
-        Gr = ld_row_at(G, t0, r, L, i_h, H, K, c0, BC)                            # [BC]
-        eI = tl.where((rows_i < L)[:, None], tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
-        eJ = tl.where((rows_j < L)[:, None], tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
-        kJt = tl.trans(ld_rows_at(ks, t0, rJ, L, i_h, H, K, c0, BC) * eJ)       # both factors <= 1
-        Akk += tl.dot(ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * eI, kJt, input_precision=PREC)
-        Aqk += tl.dot(ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * eI, kJt, input_precision=PREC)
+        o_c = c0 + tl.arange(0, BC)
+        Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)                           # [BC] reference row
+        eI = tl.where((rI + r16 < L)[:, None], tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
+        p = ((t0 + rows64) * H + i_h).to(tl.int64)[:, None] * K + o_c[None, :]  # [64, BC]
+        m = m_left[:, None] & (o_c < K)[None, :]
+        G64 = tl.load(G + p, mask=m, other=0.)
+        kLt = tl.trans(tl.where(m, tl.load(ks + p, mask=m, other=0.).to(tl.float32) * tl.exp(Gr[None, :] - G64), 0.))
+        Akk += tl.dot(ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * eI, kLt, input_precision=PREC)
+        Aqk += tl.dot(ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * eI, kLt, input_precision=PREC)
     return Akk, Aqk
 
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_halves, ld_row_at, ld_rows,
-                            offdiag_blocks, st_cc, st_halves, st_rows)
+                            left_blocks, st_cc, st_halves, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 
@@ -84,26 +84,31 @@ def _fwd_blocks_kernel(
     H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per (chunk, head, row block I of 16): row block I of Akk (strictly lower, times beta) and of Aqk
-    (lower, times scale), as 16 x 16 blocks with exact decays summed over channel blocks: the diagonal
-    block from pair decays, the blocks left of it as dots around a reference row. Blocks right of the
-    diagonal are written as zeros."""
+    (lower, times scale) with exact decays summed over channel blocks: the diagonal block from pair
+    decays, the part left of it as one product around a reference row (`left_blocks`), zeros right
+    of it. The three parts are stored to disjoint columns."""
     i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     rI = I * 16
     if rI < L:
         r16 = tl.arange(0, 16)
-        b_beta = tl.load(beta + (t0 + rI + r16) * H + i_h, mask=rI + r16 < L, other=0.).to(tl.float32)
+        rows = rI + r16
+        b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=rows < L, other=0.).to(tl.float32)
         A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC)
         st_cc(Akk, A_d * b_beta[:, None], t0, rI, rI, L, i_h, H, 64)
         st_cc(Aqk, P_d * scale, t0, rI, rI, L, i_h, H, 64)
-        for J in range(0, I):
-            A_o, P_o = offdiag_blocks(qs, ks, G, t0, rI, J * 16, L, i_h, H, K, BC, PREC)
-            st_cc(Akk, A_o * b_beta[:, None], t0, rI, J * 16, L, i_h, H, 64)
-            st_cc(Aqk, P_o * scale, t0, rI, J * 16, L, i_h, H, 64)
-        zero = tl.zeros([16, 16], dtype=tl.float32)
-        for J in range(I + 1, 4):
-            st_cc(Akk, zero, t0, rI, J * 16, L, i_h, H, 64)
-            st_cc(Aqk, zero, t0, rI, J * 16, L, i_h, H, 64)
+        cols = tl.arange(0, 64)
+        p = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * 64 + cols[None, :]    # [16, 64]
+        m_r = (rows < L)[:, None]
+        if I > 0:
+            A_l, P_l = left_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC, PREC)
+            m_l = m_r & (cols < rI)[None, :]
+            tl.store(Akk + p, A_l * b_beta[:, None], mask=m_l)
+            tl.store(Aqk + p, P_l * scale, mask=m_l)
+        m_0 = m_r & (cols >= rI + 16)[None, :]
+        zero = tl.zeros([16, 64], dtype=tl.float32)
+        tl.store(Akk + p, zero, mask=m_0)
+        tl.store(Aqk + p, zero, mask=m_0)
 
 
 @triton.jit
