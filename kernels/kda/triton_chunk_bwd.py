@@ -215,8 +215,8 @@ def _bwd_inter_kernel(
 
 
 # every BC is a multiple of BC_MIN (the unit of the per-channel-block partials)
-@autotune([config(4, 1, BC=32), config(8, 1, BC=32), config(4, 1, BC=16), config(8, 1, BC=64),
-           config(2, 1, BC=16)], key=["H", "K"])
+@autotune([config(4, 1, BC=32), config(2, 1, BC=32), config(4, 1, BC=64), config(2, 1, BC=16),
+           config(4, 2, BC=32)], key=["H", "K"])
 @triton.jit
 def _bwd_intra_kernel(
     q, k, beta, G, dA, dP, dq_p, dk_p, dG_p,
@@ -250,43 +250,34 @@ def _bwd_intra_kernel(
     GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
     bI = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
 
-    # one chunk-wide [64, BC] tile per operand for the parts off the diagonal block, each one product
-    rows64 = tl.arange(0, 64)
-    cols64 = tl.arange(0, 64)
-    p64 = ((t0 + rows64) * H + i_h).to(tl.int64)[:, None] * K + o_k[None, :]
-    m_k64 = (o_k < K)[None, :]
-    pI = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * 64 + cols64[None, :]    # [16, 64] rows of dA, dP
+    # rows of block I from the blocks J < I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = same with dA
     b_dq = tl.zeros([16, BC], dtype=tl.float32)
     b_R = tl.zeros([16, BC], dtype=tl.float32)
     if I > 0:
-        # rows of block I against the earlier rows j < rI, split at the block's first row r:
-        #   dq_i = e^{G_i-G_r} sum_j dP_ij k_j e^{G_r-G_j},   R_i = the same with dA
         Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
-        m_e = (rows64 < rI)[:, None] & m_k64
-        ke = tl.where(m_e, tl.load(k + p64, mask=m_e, other=0.).to(tl.float32)
-                      * tl.exp(Gr[None, :] - tl.load(G + p64, mask=m_e, other=0.)), 0.)          # [64, BC]
-        m_c = m_r[:, None] & (cols64 < rI)[None, :]
-        b_dq = tl.dot(tl.load(dP + pI, mask=m_c, other=0.), ke, input_precision=PREC)
-        b_R = tl.dot(tl.load(dA + pI, mask=m_c, other=0.), ke, input_precision=PREC)
+        for J in range(0, I):
+            rJ = J * 16
+            kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.exp(
+                Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC))
+            b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+            b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
         eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
         b_dq *= eI
         b_R *= eI
 
-    # columns of block I against the later rows i >= rI + 16, split at the block's last row l:
-    #   dkc_j = e^{G_l-G_j} sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_l}
+    # columns of block I from the blocks I' > I:  dkc_j = sum_i (beta_i dA_ij k_i + dP_ij q_i) e^{G_i-G_j}
     b_dkc = tl.zeros([16, BC], dtype=tl.float32)
-    if rI + 16 < L:
-        Gl = ld_row_at(G, t0, rI + 15, L, i_h, H, K, c0, BC)
-        m_l = ((rows64 >= rI + 16) & (rows64 < L))[:, None]
-        m_e = m_l & m_k64
-        e = tl.where(m_e, tl.exp(tl.load(G + p64, mask=m_e, other=0.) - Gl[None, :]), 0.)        # [64, BC]
-        b64 = tl.load(beta + (t0 + rows64) * H + i_h, mask=rows64 < L, other=0.).to(tl.float32)
-        kbe = tl.load(k + p64, mask=m_e, other=0.).to(tl.float32) * e * b64[:, None]
-        qe = tl.load(q + p64, mask=m_e, other=0.).to(tl.float32) * e
-        pT = ((t0 + rows64) * H + i_h).to(tl.int64)[:, None] * 64 + rows[None, :]    # [64, 16]: dA[i, rows]
-        acc = (tl.dot(tl.trans(tl.load(dA + pT, mask=m_l, other=0.)), kbe, input_precision=PREC)
-               + tl.dot(tl.trans(tl.load(dP + pT, mask=m_l, other=0.)), qe, input_precision=PREC))
-        b_dkc = acc * tl.where(m_r[:, None], tl.exp(Gl[None, :] - GI), 0.)
+    for Ip in range(I + 1, tl.cdiv(L, 16)):
+        rP = Ip * 16
+        mP = (rP + r16) < L
+        Grp = ld_row_at(G, t0, rP, L, i_h, H, K, c0, BC)
+        eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
+        bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
+        kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]          # dM = beta_i dA
+        qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
+        acc = (tl.dot(tl.trans(ld_cc(dA, t0, rP, rI, L, i_h, H, 64)), kPe, input_precision=PREC)
+               + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
+        b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
 
     # the diagonal block, one token j of it per step: its column (rows i >= j) and its row (columns
     # i <= j); one exponent e^{-|G_i - G_j|} per channel serves both, and is at most 1
