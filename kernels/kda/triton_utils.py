@@ -67,7 +67,8 @@ def dot_precision(dtype):
 
 def dot_dtype(dtype):
     """Operand dtype of the dots that may run in half precision (the key path of the forward, every
-    backward dot outside the intra pass; benchmarks/kda_precision.py): the input's half type on the GPU.
+    backward dot but those of the intra and inter passes; benchmarks/kda_precision.py): the input's half
+    type on the GPU.
 
     Under the interpreter they run in float32 on the same rounded values: Triton 3.6's interpreter
     miscomputes a dot whose operand was cast to bf16 inside the kernel (a 16 x 16 check gives errors
