@@ -8,8 +8,7 @@ element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) 
 Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
 overflow within a chunk when decays are strong. Entries left of a diagonal block (row i in block I,
 column j before it) split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and
-exp(G_r - G_j) <= 1.
-Diagonal blocks use the pair decays exp(G_i - G_j) themselves (`diag_decay`, a [16, 16, BC] tensor).
+exp(G_r - G_j) <= 1. Diagonal blocks use the pair decays exp(G_i - G_j) themselves (`diag_blocks`).
 """
 import triton
 import triton.language as tl
@@ -122,19 +121,11 @@ def left_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr,
 
 
 @triton.jit
-def diag_decay(GI, m_r):
-    """[16, 16, BC] exact decays of a diagonal block: e[i, j, c] = exp(G_i - G_j) for j <= i with both
-    rows inside the chunk (m_r), else 0. Pairs, not a reference row: within 16 rows the decay between
-    two tokens can be far below what a shared reference keeps in float32 range."""
-    r = tl.arange(0, 16)
-    keep = (r[:, None] >= r[None, :]) & m_r[:, None] & m_r[None, :]                 # [i, j]
-    return tl.where(keep[:, :, None], tl.exp(GI[:, None, :] - GI[None, :, :]), 0.)
-
-
-@triton.jit
 def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr):
     """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
-    summed over channel blocks of BC. Returns two [16, 16] float32 blocks."""
+    summed over channel blocks of BC, one column j per step: the pair decays exp(G_i - G_j) (i >= j)
+    themselves, since within 16 rows the decay between two tokens can be far below what a shared
+    reference row keeps in float32 range. Returns two [16, 16] float32 blocks."""
     r = tl.arange(0, 16)
     m_r = (rI + r) < L
     Akk = tl.zeros([16, 16], dtype=tl.float32)
@@ -143,9 +134,13 @@ def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr)
         GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
         kI = ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC)
         qI = ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC)
-        kE = kI[None, :, :] * diag_decay(GI, m_r)                                  # [i, j, c] k_j e^(G_i - G_j)
-        Akk += tl.sum(kI[:, None, :] * kE, axis=2)
-        Aqk += tl.sum(qI[:, None, :] * kE, axis=2)
+        for j in range(0, tl.minimum(16, L - rI)):
+            kj = ld_row_at(ks, t0, rI + j, L, i_h, H, K, c0, BC)
+            Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
+            kje = tl.where(((r >= j) & m_r)[:, None], kj[None, :] * tl.exp(GI - Gj[None, :]), 0.)  # [16, BC]
+            col = (r == j)[None, :]
+            Akk += tl.where(col, tl.sum(kI * kje, axis=1)[:, None], 0.)
+            Aqk += tl.where(col, tl.sum(qI * kje, axis=1)[:, None], 0.)
     Akk = tl.where(r[:, None] > r[None, :], Akk, 0.)
     return Akk, Aqk
 
