@@ -165,6 +165,16 @@ def test_chunk_triton_bf16_inputs_match_oracle():
     assert all(e < 1e-2 for e in errs.values()), errs
 
 
+def test_dense_chunk_table_matches_the_packed_one():
+    """The dense batch's chunk table, built from the shape without a host sync, is the packed one."""
+    from kernels.kda.triton_utils import chunk_table, default_cu_seqlens, dense_chunk_table
+    for B, T in [(1, 1), (2, 64), (3, 65), (2, 200)]:
+        dense, packed = dense_chunk_table(B, T, torch.device(DEV)), chunk_table(default_cu_seqlens(B, T, DEV))
+        assert dense[3] == packed[3]
+        for a, b in zip(dense[:3], packed[:3]):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 def test_chunk_triton_rejects_more_than_128_key_channels():
     x, _ = make_inputs(1, 4, 1, 256, 16, None, True, False)
     with pytest.raises(ValueError, match="K <= 128 channels .* got K = 256"):

@@ -55,7 +55,7 @@ def check_shapes(q, k, v, g, beta, initial_state, cu_seqlens):
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"cu_seqlens needs a packed batch with B == 1, got B = {B}")
-        if cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens[[0, -1]].tolist() != [0, T]:  # one sync
             raise ValueError(f"cu_seqlens must run from 0 to T = {T}, got {cu_seqlens.tolist()}")
         N = cu_seqlens.numel() - 1
     if initial_state is not None and initial_state.shape != (N, H, K, v.shape[-1]):

@@ -9,7 +9,7 @@ import torch
 from .common import check_shapes
 from .triton_chunk_bwd import chunk_kda_bwd
 from .triton_chunk_fwd import chunk_kda_fwd
-from .triton_utils import check_env_pins, chunk_table, default_cu_seqlens
+from .triton_utils import check_env_pins, chunk_table, default_cu_seqlens, dense_chunk_table
 
 check_env_pins()          # every autotuned kernel is defined by now: a mistyped pin fails here
 
@@ -22,8 +22,11 @@ class ChunkKDAFunction(torch.autograd.Function):
                 cu_seqlens, use_qk_l2norm_in_kernel, use_gate_in_kernel):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        cu = default_cu_seqlens(B, T, q.device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
-        table = chunk_table(cu)
+        if cu_seqlens is None:
+            cu, table = default_cu_seqlens(B, T, q.device), dense_chunk_table(B, T, q.device)
+        else:
+            cu = cu_seqlens.to(torch.int32)
+            table = chunk_table(cu)
         flat = [x.reshape(1, B * T, *x.shape[2:]).contiguous() for x in (q, k, v, g, beta)]
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         o, ht, saved = chunk_kda_fwd(*flat, scale, h0, output_final_state, cu, table,

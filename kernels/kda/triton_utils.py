@@ -4,6 +4,7 @@ interpreter fix.
 Every Triton path flattens [B, T, ...] to a packed token axis and treats a dense batch as B
 sequences of T tokens (cu_seqlens = 0, T, 2T, ...), so one set of kernels serves both layouts.
 """
+import functools
 import os
 
 import torch
@@ -40,9 +41,19 @@ def _fix_interpreter_index():
 _fix_interpreter_index()
 
 
+@functools.lru_cache(maxsize=64)
 def default_cu_seqlens(B, T, device):
-    """A dense [B, T] batch as packed sequences: [0, T, 2T, ..., BT] int32."""
+    """A dense [B, T] batch as packed sequences: [0, T, 2T, ..., BT] int32 (kept per shape; read only)."""
     return torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def dense_chunk_table(B, T, device, chunk_size=CHUNK):
+    """`chunk_table` of a dense [B, T] batch, from the shape alone: no host sync (which would stall
+    the launches of every call) and kept per shape (read only)."""
+    n = -(-T // chunk_size)                                                    # chunks per sequence
+    idx = torch.arange(B * n, device=device, dtype=torch.int32)
+    return idx // n, idx % n, torch.arange(B, device=device, dtype=torch.int32) * n, B * n
 
 
 def chunk_table(cu_seqlens, chunk_size=CHUNK):
