@@ -102,7 +102,7 @@ def kernels(dtype):
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(kv, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, dict(kv, DOT=tl.float32)),
+        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, kv),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec)),
         ("bwd dg", bwd._bwd_dg_kernel, dg_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, USE_GATE=True, HAS_DT_BIAS=True)),
         ("bwd l2norm", Fixed(bwd._bwd_l2norm_kernel), l2_ptrs, dict(K=K, BK=128)),

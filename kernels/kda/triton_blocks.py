@@ -1,5 +1,6 @@
-"""Tile helpers shared by the chunk kernels: 16-row loads and stores inside a 64-token chunk, and the
-exactly-decayed 16 x 16 blocks of the intra-chunk matrices.
+"""Tile helpers shared by the chunk kernels: 16-row loads and stores inside a 64-token chunk, the
+exactly-decayed 16 x 16 blocks of the intra-chunk matrices, and the gate's softplus (also used by
+the recurrent decoder).
 
 Rows are tokens of one chunk starting at absolute token t0 (packed token axis); `L` is the number of
 valid rows of the chunk (the last chunk of a sequence can be short). Tensors are token-major:
@@ -21,6 +22,12 @@ def chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c):
     t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + tl.load(chunk_pos + i_c).to(tl.int64) * 64
     L = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, 64).to(tl.int32)
     return t0, L
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + e^x) with torch's threshold (x > 20 -> x), for the gate -exp(A_log) softplus(x + dt_bias)."""
+    return tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
 
 
 @triton.jit

@@ -23,15 +23,16 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
    later ones, the diagonal block token by token); all per channel and per row, so every row block
    and channel block is its own program, and dbeta (a sum over channels) comes out as per-block
    partials.
-4. `_bwd_dg_kernel` (chunk, head, channel block): the reverse cumulative sum dG -> dg inside the chunk and optionally the gate (-exp(A_log) softplus(x + dt_bias)) backward.
+4. `_bwd_dg_kernel` (chunk, head, channel block): the reverse cumulative sum dG -> dg inside the
+   chunk and optionally the gate (-exp(A_log) softplus(x + dt_bias)) backward.
 5. with the in-kernel L2 norm, `_bwd_l2norm_kernel` (chunk, head): the norm's backward on whole rows.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, st_halves,
-                            st_rows)
+from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
+                            st_halves, st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -127,16 +128,17 @@ def _bwd_inter_kernel(
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
     H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
-    PREC: tl.constexpr, DOT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    """Per (chunk, head). Dot operands in DOT, fp32 accumulators."""
+    """Per (chunk, head). Dot operands in fp32 (tf32 dots for half inputs): with the input's half
+    type dbeta went over the bf16 bound on the H200 (docs/kernels.md)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
     rows = tl.arange(0, 64)
     m_r = rows < L
 
-    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64).to(DOT)              # [64, 64]
+    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
     b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
     p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
     p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
@@ -148,12 +150,12 @@ def _bwd_inter_kernel(
     for v0 in range(0, V, BV):
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
-        b_vn = _ld_tile(v_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
-        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
-        b_dvn = _ld_tile(dv_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+        b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
         b_v = _ld_chunk(v, t0, L, i_h, H, V, o_v, m_v)
         dAqk += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        dT += tl.dot(b_dvn, tl.trans((b_v * b_beta[:, None]).to(DOT)), input_precision=PREC)
+        dT += tl.dot(b_dvn, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
         dY = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)               # d(beta v) [64, BV]
         _st_chunk(dv, dY * b_beta[:, None], t0, L, i_h, H, V, o_v, m_v)
         dbeta += tl.sum(dY * b_v, axis=1)
@@ -170,23 +172,23 @@ def _bwd_inter_kernel(
             o_v = v0 + tl.arange(0, BV)
             m_v = o_v < V
             m_kv = m_k[:, None] & m_v[None, :]
-            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(DOT)
-            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(DOT)
-            b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
-            b_dvn = _ld_tile(dv_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
-            b_vn = _ld_tile(v_new, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+            b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+            b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
+            b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
             dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
             dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
             dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
-            dGl += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
+            dGl += tl.sum(b_h * b_dh, axis=1)
         b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
         b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
         b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
         e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
         # w = T X, X = beta k exp(G)
         X = b_k * e * b_beta[:, None]
-        dX = tl.dot(tl.trans(b_T), dwy.to(DOT), input_precision=PREC)
-        dT += tl.dot(dwy.to(DOT), tl.trans(X.to(DOT)), input_precision=PREC)
+        dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
+        dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
         b_dk = dX * e * b_beta[:, None]
         dbeta += tl.sum(dX * b_k * e, axis=1)
         b_dG = dX * X
@@ -205,8 +207,7 @@ def _bwd_inter_kernel(
         _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
 
     # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
-    b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT.to(DOT), tl.trans(b_T), input_precision=PREC).to(DOT),
-                   input_precision=PREC)
+    b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
     b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
     b_dP = tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.)
     _st_chunk(dA, b_dA, t0, L, i_h, H, 64, o_c, o_c < 64)
@@ -338,7 +339,7 @@ def _bwd_dg_kernel(
         x = _ld_chunk(g, t0, L, i_h, H, K, o_k, m_k)
         if HAS_DT_BIAS:
             x += tl.load(dt_bias + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)[None, :]
-        sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
+        sp = softplus(x)
         z = tl.exp(-tl.abs(x))
         sig = tl.where(x >= 0, 1. / (1. + z), z / (1. + z))
         b_dx = tl.where(m, b_dg * a * sig, 0.)
@@ -418,13 +419,11 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     dk_p = torch.empty(1, NTOK, H, K, **f32)
     dG_p = torch.empty(1, NTOK, H, K, **f32)
     dbeta_p = torch.empty(1, NTOK, H, **f32)
-    # fp32 operands here (tf32 dots for half inputs): with the input's half type, dbeta's error on the
-    # H200 rose from about 3e-3 to 5.3e-3 at worst (bound 5e-3), and the kernel was no faster
     _bwd_inter_kernel[(NC, H)](
         qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
         dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, PREC=prec, DOT=tl.float32,
+        H=H, K=K, V=V, PREC=prec,
     )
 
     dq = torch.empty_like(q)

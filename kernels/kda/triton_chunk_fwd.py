@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .triton_blocks import (chunk_span, diag_blocks, inv_unit_lower16, ld_cc, ld_halves, ld_row_at, ld_rows,
-                            left_blocks, st_cc, st_halves, st_rows)
+                            left_blocks, softplus, st_cc, st_halves, st_rows)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 
@@ -58,9 +58,8 @@ def _fwd_gate_kernel(
         b_g = ld_rows(g, t0, I * 16, L, i_h, H, K, BK)
         if USE_GATE:
             x = b_g + bias[None, :]
-            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
             m = ((I * 16 + r16) < L)[:, None] & m_k[None, :]
-            b_g = tl.where(m, a * sp, 0.)
+            b_g = tl.where(m, a * softplus(x), 0.)
         b_G = tl.cumsum(b_g, axis=0) + carry[None, :]
         carry += tl.sum(b_g, axis=0)
         st_rows(G, b_G, t0, I * 16, L, i_h, H, K, BK)

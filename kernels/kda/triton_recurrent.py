@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .common import check_shapes
 from . import triton_utils  # noqa: F401  (interpreter fix)
+from .triton_blocks import softplus
 
 
 @triton.jit
@@ -74,9 +75,7 @@ def _recurrent_kda_fwd_kernel(
             x = b_g
             if HAS_DT_BIAS:
                 x = x + bias
-            # softplus with the same threshold as torch (x > 20 -> x)
-            sp = tl.where(x > 20., x, tl.log(1. + tl.exp(tl.minimum(x, 20.))))
-            b_g = tl.where(m_k, a * sp, 0.)
+            b_g = tl.where(m_k, a * softplus(x), 0.)
         S = S * tl.exp(b_g)[:, None]
         pred = tl.sum(S * b_k[:, None], axis=0)                     # [BV]
         delta = b_beta * (b_v - pred)
