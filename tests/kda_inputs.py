@@ -40,3 +40,9 @@ def gate_sum_scales(x, ref):
     terms = dx * F.softplus(z) / torch.sigmoid(z)
     assert torch.allclose(terms.sum((0, 1, 3)), ref["dA_log"].double(), rtol=1e-8, atol=1e-12)
     return {"dA_log": terms.abs().sum((0, 1, 3)), "ddt_bias": dx.abs().sum((0, 1)).reshape(-1)}
+
+
+def gate_sum_errors(ours, ref, x):
+    """{"dA_log", "ddt_bias": error of ours relative to the size of the summed terms (gate_sum_scales)}."""
+    return {n: ((ours[n].double() - ref[n].double()).norm() / scale.norm()).item()
+            for n, scale in gate_sum_scales(x, ref).items()}
