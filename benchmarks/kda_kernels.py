@@ -11,10 +11,10 @@ of the table by index (the profile and decode line come after the first one pick
 machine's autotuning can be split over device calls.
 
 bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (median, after its
-warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and ours/fla, plus the decode
-step (256 sequences, H=32, K=V=128, state pool updated in place) against the time to read and write
-the state once at the measured copy bandwidth, and a per-kernel profile (torch.profiler) of one
-forward+backward of ours and fla's. Writes benchmarks/results/kda_kernels_<device>.md.
+warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and each version's ratio to fla,
+plus the decode step (256 sequences, H=32, K=V=128, state pool updated in place) against the time to
+read and write the state once at the measured copy bandwidth, a per-kernel profile (torch.profiler)
+of one forward+backward of each version, and the host time to issue one call. Writes benchmarks/results/kda_kernels_<device>.md.
 
 FLOPs (per token and head, C = 64): the matrix products of the chunk algorithm,
   forward  = 2*C*K (Akk) + 2*C*K (Aqk) + 2*C*K (w) + 2*C*V (u) + 2*C*V (Aqk v) + 6*K*V (w h,
@@ -24,6 +24,7 @@ FLOPs (per token and head, C = 64): the matrix products of the chunk algorithm,
 import argparse
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,36 @@ def kernel_profile(impls, shape=(1, 4096, 32, 128, 128), iters=5):
     return lines
 
 
+def host_lines(impls, shape=(1, 4096, 32, 128, 128), iters=20):
+    """CPU time to issue one forward and one forward+backward, per implementation, with nothing
+    waiting on the GPU: when it is near or above the GPU time, the GPU idles between launches (or a
+    host sync inside the call made the CPU wait). Returns markdown lines."""
+    xs, cu = make(*shape)
+    lines = ["", f"Host time to issue one call at {shape[:4]} (us, mean of {iters}; the GPU time is the table's):", "",
+             "| impl | fwd | fwd+bwd |", "| --- | ---: | ---: |"]
+    for name, impl in impls.items():
+        if name == "torch":
+            continue
+        leaves = [x.detach().clone().requires_grad_() for x in xs]
+        do = torch.randn_like(xs[2])
+        times = []
+        for backward in (False, True):
+            for _ in range(3):
+                o = impl(*leaves, cu)[0]
+                if backward:
+                    o.backward(do)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                o = impl(*leaves, cu)[0]
+                if backward:
+                    o.backward(do)
+            times.append((time.perf_counter() - t0) / iters * 1e6)
+            torch.cuda.synchronize()
+        lines.append(f"| {name} | {times[0]:.0f} | {times[1]:.0f} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-torch", action="store_true")
@@ -191,6 +222,7 @@ def main():
             # machine spends minutes autotuning every shape, and these say the most per minute
             if not args.no_profile:
                 extra += kernel_profile({n: f for n, f in impls.items() if n != "torch"})
+                extra += host_lines(impls)
             extra += decode_line()
             write_report(out, dev_name, impls, rows, extra)
     print(open(out).read())
@@ -219,18 +251,21 @@ def decode_line():
 
 
 def write_report(out, dev_name, impls, rows, extra):
+    others = [n for n in impls if n not in ("fla", "torch")]            # each gets its ratio to fla
     lines = [f"# KDA kernels on {dev_name}", "",
              "bf16 inputs, float32 gates and states, K = V = 128, chunk 64; `triton.testing.do_bench` median (ms).",
              "TFLOP/s from the FLOP count in benchmarks/kda_kernels.py (fwd+bwd = 3 x fwd).", "",
              "| shape (B, T, H, K=V) | " + " | ".join(f"{n} fwd ms" for n in impls) + " | "
-             + " | ".join(f"{n} fwd+bwd ms" for n in impls) + " | ours TFLOP/s fwd / fwd+bwd | ours/fla fwd | ours/fla fwd+bwd |",
-             "| --- " * (4 + 2 * len(impls)) + "|"]
+             + " | ".join(f"{n} fwd+bwd ms" for n in impls) + " | ours TFLOP/s fwd / fwd+bwd | "
+             + " | ".join(f"{n}/fla fwd | {n}/fla fwd+bwd" for n in others) + " |",
+             "| --- " * (2 + 2 * len(impls) + 2 * len(others)) + "|"]
     for desc, fl, res in rows:
         o = res["ours"]
         f = res.get("fla", (float("nan"), float("nan")))
         lines.append(f"| {desc} | " + " | ".join(f"{res[n][0]:.3f}" for n in impls) + " | "
                      + " | ".join(f"{res[n][1]:.3f}" for n in impls)
-                     + f" | {fl / o[0] / 1e9:.1f} / {3 * fl / o[1] / 1e9:.1f} | {o[0] / f[0]:.2f} | {o[1] / f[1]:.2f} |")
+                     + f" | {fl / o[0] / 1e9:.1f} / {3 * fl / o[1] / 1e9:.1f} | "
+                     + " | ".join(f"{res[n][0] / f[0]:.2f} | {res[n][1] / f[1]:.2f}" for n in others) + " |")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
         fh.write("\n".join(lines + extra) + "\n")

@@ -9,7 +9,9 @@ element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) 
 Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
 overflow within a chunk when decays are strong. Entries left of a diagonal block (row i in block I,
 column j before it) split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and
-exp(G_r - G_j) <= 1. Diagonal blocks use the pair decays exp(G_i - G_j) themselves (`diag_blocks`).
+exp(G_r - G_j) <= 1. Inside a diagonal block the same split works level by level (`halving_level`):
+the pairs (i, j) that a segment's middle row m separates (j < m <= i) are exact with reference row m,
+and halving the segments from 16 rows down to 2 reaches every pair below the diagonal once.
 """
 import triton
 import triton.language as tl
@@ -39,7 +41,13 @@ def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 @triton.jit
 def ld_rows_at(base, t0, r0, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
     """[16, BC] float32 tile: rows r0..r0+15, columns c0..c0+BC-1, zero past L or past D."""
-    rows = r0 + tl.arange(0, 16)
+    return ld_rows_of(base, t0, r0 + tl.arange(0, 16), L, i_h, H, D, c0, BC)
+
+
+@triton.jit
+def ld_rows_of(base, t0, rows, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
+    """[len(rows), BC] float32 tile: the chunk's rows `rows` (any order, repeats allowed), columns
+    c0..c0+BC-1, zero past L or past D."""
     o_d = c0 + tl.arange(0, BC)
     m = (rows < L)[:, None] & (o_d < D)[None, :]
     p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
@@ -128,27 +136,42 @@ def left_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr,
 
 
 @triton.jit
-def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr):
-    """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
-    summed over channel blocks of BC, one column j per step: the pair decays exp(G_i - G_j) (i >= j)
-    themselves, since within 16 rows the decay between two tokens can be far below what a shared
-    reference row keeps in float32 range. Returns two [16, 16] float32 blocks."""
+def halving_level(G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, GI, S: tl.constexpr):
+    """One level of a diagonal block's pairs: its 16 rows cut into segments of S rows, each split at
+    its middle row m. Returns (row [16, BC], col [16, BC], pair [16, 16]) with
+        row_i = e^(G_i - G_m) for rows i >= m of their segment, else 0   (at most 1)
+        col_j = e^(G_m - G_j) for rows j <  m of their segment, else 0   (at most 1)
+    so that row_i col_j = e^(G_i - G_j) exactly on the pairs this level separates (j < m <= i in one
+    segment) and 0 elsewhere in the segment; `pair` (same segment) masks what products across
+    segments would add. GI: the block's [16, BC] tile of G."""
     r = tl.arange(0, 16)
-    m_r = (rI + r) < L
+    mid = (r // S) * S + S // 2                                                   # each row's m
+    Gm = ld_rows_of(G, t0, rI + mid, L, i_h, H, K, c0, BC)                        # [16, BC]
+    row = tl.where(((r >= mid) & (rI + r < L))[:, None], tl.exp(GI - Gm), 0.)
+    col = tl.where(((r < mid) & (rI + mid < L))[:, None], tl.exp(Gm - GI), 0.)
+    pair = (r[:, None] // S) == (r[None, :] // S)
+    return row, col, pair
+
+
+@triton.jit
+def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
+    summed over channel blocks of BC: per halving level (segments of 16, 8, 4, 2 rows) one
+    [16, BC] x [BC, 16] product each, on factors that stay at most 1 (`halving_level`), and the
+    undecayed diagonal of Aqk. Returns two [16, 16] float32 blocks."""
+    r = tl.arange(0, 16)
     Akk = tl.zeros([16, 16], dtype=tl.float32)
     Aqk = tl.zeros([16, 16], dtype=tl.float32)
     for c0 in range(0, K, BC):
         GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
         kI = ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC)
         qI = ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC)
-        for j in range(0, tl.minimum(16, L - rI)):
-            kj = ld_row_at(ks, t0, rI + j, L, i_h, H, K, c0, BC)
-            Gj = ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)
-            kje = tl.where(((r >= j) & m_r)[:, None], kj[None, :] * tl.exp(GI - Gj[None, :]), 0.)  # [16, BC]
-            col = (r == j)[None, :]
-            Akk += tl.where(col, tl.sum(kI * kje, axis=1)[:, None], 0.)
-            Aqk += tl.where(col, tl.sum(qI * kje, axis=1)[:, None], 0.)
-    Akk = tl.where(r[:, None] > r[None, :], Akk, 0.)
+        Aqk += tl.where(r[:, None] == r[None, :], tl.sum(qI * kI, axis=1)[:, None], 0.)
+        for lvl in tl.static_range(4):
+            row, col, pair = halving_level(G, t0, rI, L, i_h, H, K, c0, BC, GI, 16 >> lvl)
+            kc = tl.trans(kI * col)                                                 # [BC, 16]
+            Akk += tl.where(pair, tl.dot(kI * row, kc, input_precision=PREC), 0.)
+            Aqk += tl.where(pair, tl.dot(qI * row, kc, input_precision=PREC), 0.)
     return Akk, Aqk
 
 

@@ -83,9 +83,9 @@ def _fwd_blocks_kernel(
     H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per (chunk, head, row block I of 16): row block I of Akk (strictly lower, times beta) and of Aqk
-    (lower, times scale) with exact decays summed over channel blocks: the diagonal block from pair
-    decays, the part left of it as one product around a reference row (`left_blocks`), zeros right
-    of it. The three parts are stored to disjoint columns."""
+    (lower, times scale) with exact decays summed over channel blocks: the diagonal block as four
+    products, one per halving level (`diag_blocks`), the part left of it as one product around a
+    reference row (`left_blocks`), zeros right of it. The three parts are stored to disjoint columns."""
     i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     rI = I * 16
@@ -93,7 +93,7 @@ def _fwd_blocks_kernel(
         r16 = tl.arange(0, 16)
         rows = rI + r16
         b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=rows < L, other=0.).to(tl.float32)
-        A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC)
+        A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC, PREC)
         st_cc(Akk, A_d * b_beta[:, None], t0, rI, rI, L, i_h, H, 64)
         st_cc(Aqk, P_d * scale, t0, rI, rI, L, i_h, H, 64)
         cols = tl.arange(0, 64)
