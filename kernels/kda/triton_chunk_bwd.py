@@ -20,7 +20,7 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
 3. `_bwd_intra_kernel` (16-row block of a chunk, head, channel block), with the same exact decays as
    the forward: the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk
    and dP, for one row block's dq, dk and dG (its rows against earlier blocks, its columns against
-   later ones, the diagonal block per halving level); all per channel and per row, so every row block
+   later ones, the diagonal block token by token); all per channel and per row, so every row block
    and channel block is its own program, and dbeta (a sum over channels) comes out as per-block
    partials.
 4. `_bwd_dg_kernel` (chunk, head, channel block): the reverse cumulative sum dG -> dg inside the
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, halving_level, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
+from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
                             st_halves, st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
@@ -58,10 +58,10 @@ def _bwd_dv_local_kernel(
     _st_chunk(dv_local, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
 
 
-# One candidate: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at the
-# first launch of its second candidate (8 warps; BV 16 or 32), in place or out of place, while that
-# candidate ran clean alone under compute-sanitizer. The 4-warp one below ran hundreds of times.
-@autotune([config(4, 2, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
+# 4 warps, BV 16 only: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at
+# the first launch of an 8-warp candidate (BV 16 or 32), in place or out of place, while that
+# candidate ran clean alone under compute-sanitizer; BV 32 spills 620 B on sm_90 (kda_static.py).
+@autotune([config(4, 2, BV=16), config(4, 1, BV=16), config(4, 3, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
@@ -159,6 +159,7 @@ def _bwd_inter_kernel(
         dY = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)               # d(beta v) [64, BV]
         _st_chunk(dv, dY * b_beta[:, None], t0, L, i_h, H, V, o_v, m_v)
         dbeta += tl.sum(dY * b_v, axis=1)
+    _st_chunk(dP, tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.), t0, L, i_h, H, 64, o_c, o_c < 64)
 
     # ---- the key side, per channel block: contractions over V, then the decay terms of the block
     for c0 in range(0, K, BC):
@@ -209,15 +210,13 @@ def _bwd_inter_kernel(
     # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
     b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
     b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
-    b_dP = tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.)
     _st_chunk(dA, b_dA, t0, L, i_h, H, 64, o_c, o_c < 64)
-    _st_chunk(dP, b_dP, t0, L, i_h, H, 64, o_c, o_c < 64)
     tl.store(dbeta_p + (t0 + rows) * H + i_h, dbeta, mask=m_r)
 
 
 # every BC is a multiple of BC_MIN (the unit of the per-channel-block partials)
-@autotune([config(4, 1, BC=32), config(8, 1, BC=32), config(8, 1, BC=64), config(4, 1, BC=16),
-           config(4, 2, BC=32), config(8, 2, BC=64)], key=["H", "K"])
+@autotune([config(4, 1, BC=32), config(2, 1, BC=32), config(4, 1, BC=64), config(2, 1, BC=16),
+           config(4, 2, BC=32)], key=["H", "K"])
 @triton.jit
 def _bwd_intra_kernel(
     q, k, beta, G, dA, dP, dq_p, dk_p, dG_p,
@@ -280,25 +279,23 @@ def _bwd_intra_kernel(
                + tl.dot(tl.trans(ld_cc(dP, t0, rP, rI, L, i_h, H, 64)), qPe, input_precision=PREC))
         b_dkc += acc * tl.where(m_r[:, None], tl.exp(Grp[None, :] - GI), 0.)
 
-    # the diagonal block: its undecayed diagonal (dP only; dA is strictly lower), then per halving
-    # level the pairs j < m <= i it separates, with e^{G_i - G_j} = row_i col_j (`halving_level`):
-    # [16, 16] x [16, BC] products for the rows i (dq, R) and for the columns j (dkc)
-    dP_d = ld_cc(dP, t0, rI, rI, L, i_h, H, 64)                                   # [16, 16]
-    dA_d = ld_cc(dA, t0, rI, rI, L, i_h, H, 64)
-    eye = r16[:, None] == r16[None, :]
-    dP_ii = tl.sum(tl.where(eye, dP_d, 0.), axis=1)[:, None]
-    b_dq += dP_ii * kI
-    b_dkc += dP_ii * qI
-    kbI = kI * bI[:, None]
-    for lvl in tl.static_range(4):
-        row, col, pair = halving_level(G, t0, rI, L, i_h, H, K, c0, BC, GI, 16 >> lvl)
-        P_l = tl.where(pair, dP_d, 0.)
-        A_l = tl.where(pair, dA_d, 0.)
-        kc = kI * col
-        b_dq += row * tl.dot(P_l, kc, input_precision=PREC)
-        b_R += row * tl.dot(A_l, kc, input_precision=PREC)
-        b_dkc += col * (tl.dot(tl.trans(P_l), qI * row, input_precision=PREC)
-                        + tl.dot(tl.trans(A_l), kbI * row, input_precision=PREC))
+    # the diagonal block, one token j of it per step: its column (rows i >= j) and its row (columns
+    # i <= j); one exponent e^{-|G_i - G_j|} per channel serves both, and is at most 1
+    p_col = ((t0 + rows) * H + i_h).to(tl.int64) * 64 + rI             # dP / dA[rows, rI + j] at + j
+    for j in range(0, tl.minimum(16, L - rI)):
+        p_row = ((t0 + rI + j) * H + i_h).to(tl.int64) * 64 + rI + r16  # dP / dA[rI + j, rows]
+        kj = ld_row_at(k, t0, rI + j, L, i_h, H, K, c0, BC)
+        qj = ld_row_at(q, t0, rI + j, L, i_h, H, K, c0, BC)
+        d = GI - ld_row_at(G, t0, rI + j, L, i_h, H, K, c0, BC)[None, :]
+        below = (r16 >= j)[:, None]
+        e = tl.where(m_r[:, None], tl.exp(tl.where(below, d, -d)), 0.)
+        e_row = tl.where(below, e, 0.)
+        e_col = tl.where((r16 <= j)[:, None], e, 0.)
+        b_dq += tl.load(dP + p_col + j, mask=m_r, other=0.)[:, None] * kj[None, :] * e_row
+        b_R += tl.load(dA + p_col + j, mask=m_r, other=0.)[:, None] * kj[None, :] * e_row
+        bj = tl.load(beta + (t0 + rI + j) * H + i_h).to(tl.float32)
+        b_dkc += (tl.load(dP + p_row)[:, None] * qj[None, :]
+                  + (tl.load(dA + p_row) * bj)[:, None] * kj[None, :]) * e_col
 
     # combine with the partials of the inter kernel
     b_dG = qI * b_dq + kI * bI[:, None] * b_R - kI * b_dkc + ld_rows_at(dG_p, t0, rI, L, i_h, H, K, c0, BC)
