@@ -83,8 +83,10 @@ def kernels(dtype):
     dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_local", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bstate_ptrs = {**ptr("qg kg w do dh", x), **ptr("G dv_local dv_new dht dh0", f32),
                    **ptr("cu_seqlens chunk_offsets", i32)}
-    inter_ptrs = {**ptr("q k v beta do dv h dh", x), **ptr("G Tm v_new dv_new dA dP dq_p dk_p dG_p dbeta_p", f32),
-                  **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    inter_k_ptrs = {**ptr("q k beta do h dh", x), **ptr("G Tm v_new dv_new dq_p dk_p dG_p dT_p dbeta_kp", f32),
+                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    inter_v_ptrs = {**ptr("v beta do dv", x), **ptr("Tm v_new dv_new dT_p dbeta_kp dA dP dbeta_p", f32),
+                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     bintra_ptrs = {**ptr("q k beta dq dk", x), **ptr("G dA dP dq_p dk_p dG_p dG dbeta_cb", f32),
                    **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     dg_ptrs = {**ptr("g dG A_log dt_bias dg dbias_p dAlog_p", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
@@ -102,7 +104,8 @@ def kernels(dtype):
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(kv, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter", bwd._bwd_inter_kernel, inter_ptrs, kv),
+        ("bwd inter key", bwd._bwd_inter_key_kernel, inter_k_ptrs, dict(kv, BC=bwd.INTER_BC)),
+        ("bwd inter value", bwd._bwd_inter_value_kernel, inter_v_ptrs, dict(V=V, PREC=prec)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec)),
         ("bwd dg", bwd._bwd_dg_kernel, dg_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, USE_GATE=True, HAS_DT_BIAS=True)),
         ("bwd l2norm", Fixed(bwd._bwd_l2norm_kernel), l2_ptrs, dict(K=K, BK=128)),

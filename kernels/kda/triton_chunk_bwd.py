@@ -10,13 +10,15 @@ T = (I + Akk)^-1, X = beta k exp(G), Y = beta v, qg = scale q exp(G), kg = k exp
    qg and kg, adds the state part (into a new tensor: tuning reruns a kernel on its real arguments):
        dv_new = Aqk^T do + kg dh            dh_prev = exp(G_last) dh + qg^T do - (T X)^T dv_new
    stores dh per chunk, dv_new, and the initial-state gradient.
-2. `_bwd_inter_kernel` (chunk, head): everything that contracts over V, the value-side terms in one
-   pass over V blocks, then per channel block of K a pass over V for the key-side ones:
-       dqg = do h^T, d(TX) = -dv_new h^T, dkg = v_new dh^T, dAqk = do v_new^T,
-       dY = T^T dv_new (-> dv, dbeta), dX = T^T d(TX) (-> dk, dbeta, dG),
-       dT = dv_new Y^T + d(TX) X^T,  dAkk = -T^T dT T^T (strictly lower),
-   and the decay terms of qg, kg and exp(G_last). Writes dAkk, dP = scale * dAqk and partial
-   dq, dk, dbeta, dG.
+2. Everything that contracts over V, in two kernels:
+   `_bwd_inter_key_kernel` (chunk, head, channel block of K), a pass over V for the key side,
+       dqg = do h^T, d(TX) = -dv_new h^T, dkg = v_new dh^T, dX = T^T d(TX) (-> dk, dbeta, dG),
+   the decay terms of qg, kg and exp(G_last), and the block's share d(TX) X^T of dT;
+   `_bwd_inter_value_kernel` (chunk, head), a pass over V for the value side,
+       dAqk = do v_new^T, dY = T^T dv_new (-> dv, dbeta), dT = dv_new Y^T + the key blocks' shares,
+   then dAkk = -T^T dT T^T (strictly lower). Together they write dAkk, dP = scale * dAqk and the
+   inter parts of dq, dk, dbeta, dG. One kernel per (chunk, head) did both before: 4 channel-block
+   passes in sequence per program, one program per SM (255 registers on sm_90).
 3. `_bwd_intra_kernel` (16-row block of a chunk, head, channel block), with the same exact decays as
    the forward: the gradients of Akk[i, j] = beta_i sum_c k_i k_j exp(G_i - G_j) and Aqk through dAkk
    and dP, for one row block's dq, dk and dG (its rows against earlier blocks, its columns against
@@ -37,6 +39,7 @@ from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 BC_MIN = 16          # the smallest channel block among `_bwd_intra_kernel`'s candidates
+INTER_BC = 32        # the channel block of `_bwd_inter_key_kernel` (fixed: it sizes the dT partials)
 
 
 @autotune([config(4, 1, BV=64), config(8, 2, BV=64), config(4, 2, BV=32)], key=["H", "V"])
@@ -119,19 +122,93 @@ def _bwd_state_kernel(
         st_halves(dh0 + (i_n * H + i_h) * K * V, dS_a, dS_b, p_a, p_b, m_av, m_bv, K)
 
 
-@autotune([config(8, 1, BV=32, BC=32), config(8, 1, BV=16, BC=16), config(8, 1, BV=32, BC=16),
-           config(8, 1, BV=16, BC=32), config(16, 1, BV=32, BC=32)], key=["H", "K", "V"])
+@autotune([config(8, 1, BV=32), config(8, 2, BV=32), config(8, 1, BV=16), config(4, 1, BV=16)],
+          key=["H", "K", "V"])
 @triton.jit
-def _bwd_inter_kernel(
-    q, k, v, beta, G, Tm, h, v_new, do, dh, dv_new,
-    dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,   # outputs: dv [NTOK,H,V]; dA, dP [NTOK,H,64]; partials f32
+def _bwd_inter_key_kernel(
+    q, k, beta, G, Tm, h, v_new, do, dh, dv_new,
+    dq_p, dk_p, dG_p, dT_p, dbeta_kp,  # out: partial dq, dk, dG [NTOK,H,K]; dT_p [NKB,NTOK,H,64]; dbeta_kp [NKB,NTOK,H]
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
-    H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
+    NTOK, H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Per (chunk, head). Dot operands in fp32 (tf32 dots for half inputs): with the input's half
-    type dbeta went over the bf16 bound on the H200 (docs/kernels.md)."""
+    """Per (chunk, head, channel block of BC): the key-side contractions over V, then the block's
+    decay terms, and its shares of dT (d(T X) X^T) and dbeta for `_bwd_inter_value_kernel` to add.
+    Dot operands in fp32 (tf32 dots for half inputs): with the input's half type dbeta went over the
+    bf16 bound on the H200 (docs/kernels.md)."""
+    i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
+    o_c = tl.arange(0, 64)
+    rows = tl.arange(0, 64)
+    m_r = rows < L
+    c0 = i_cb * BC
+    o_k = c0 + tl.arange(0, BC)
+    m_k = o_k < K
+    p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
+    p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
+
+    # contractions over V: dqg = do h^T, d(T X) = -dv_new h^T, dkg = v_new dh^T, and sum_v h dh
+    dqg = tl.zeros([64, BC], dtype=tl.float32)
+    dwy = tl.zeros([64, BC], dtype=tl.float32)
+    dkg = tl.zeros([64, BC], dtype=tl.float32)
+    dGl = tl.zeros([BC], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        o_v = v0 + tl.arange(0, BV)
+        m_v = o_v < V
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+        b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+        b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
+        b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
+        dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+        dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+        dGl += tl.sum(b_h * b_dh, axis=1)
+
+    b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
+    b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
+    b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
+    b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
+    b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
+    e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
+    # w = T X, X = beta k exp(G)
+    X = b_k * e * b_beta[:, None]
+    dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
+    p_part = (i_cb * NTOK + t0 + rows) * H + i_h                                # this block's partial rows
+    tl.store(dT_p + p_part.to(tl.int64)[:, None] * 64 + o_c[None, :],
+             tl.dot(dwy, tl.trans(X), input_precision=PREC), mask=m_r[:, None])
+    tl.store(dbeta_kp + p_part, tl.sum(dX * b_k * e, axis=1), mask=m_r)
+    b_dk = dX * e * b_beta[:, None]
+    b_dG = dX * X
+    # qg = scale q exp(G)
+    b_dq = dqg * e * scale
+    b_dG += dqg * b_q * e * scale
+    # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
+    G_last = ld_row_at(G, t0, L - 1, L, i_h, H, K, c0, BC)
+    eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
+    b_dk += dkg * eg
+    b_dG -= dkg * b_k * eg
+    dG_last = dGl * tl.exp(G_last) + tl.sum(dkg * b_k * eg, axis=0)
+    b_dG += tl.where((rows == L - 1)[:, None], dG_last[None, :], 0.)
+    _st_chunk(dq_p, b_dq, t0, L, i_h, H, K, o_k, m_k)
+    _st_chunk(dk_p, b_dk, t0, L, i_h, H, K, o_k, m_k)
+    _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
+
+
+@autotune([config(8, 1, BV=32), config(4, 1, BV=32), config(4, 1, BV=16)], key=["H", "V"])
+@triton.jit
+def _bwd_inter_value_kernel(
+    v, beta, Tm, v_new, do, dv_new, dT_p, dbeta_kp,
+    dv, dA, dP, dbeta_p,              # out: dv [NTOK,H,V]; dA, dP [NTOK,H,64] f32; dbeta_p [NTOK,H] f32
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    NTOK, H, NKB, V: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per (chunk, head): the value-side contractions over V (dAqk = do v_new^T -> dP,
+    dT += dv_new (beta v)^T, dY = T^T dv_new -> dv and dbeta), then with the key blocks' shares
+    dAkk = -T^T dT T^T (strictly lower) and the inter part of dbeta."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
@@ -140,10 +217,6 @@ def _bwd_inter_kernel(
 
     b_T = _ld_chunk(Tm, t0, L, i_h, H, 64, o_c, o_c < 64)                       # [64, 64]
     b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=m_r, other=0.).to(tl.float32)
-    p_h = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
-    p_dh = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
-
-    # ---- the value side, once: dAqk = do v_new^T, dT = dv_new (beta v)^T, dY = T^T dv_new (-> dv, dbeta)
     dAqk = tl.zeros([64, 64], dtype=tl.float32)
     dT = tl.zeros([64, 64], dtype=tl.float32)
     dbeta = tl.zeros([64], dtype=tl.float32)
@@ -161,52 +234,10 @@ def _bwd_inter_kernel(
         dbeta += tl.sum(dY * b_v, axis=1)
     _st_chunk(dP, tl.where(rows[:, None] >= o_c[None, :], dAqk * scale, 0.), t0, L, i_h, H, 64, o_c, o_c < 64)
 
-    # ---- the key side, per channel block: contractions over V, then the decay terms of the block
-    for c0 in range(0, K, BC):
-        o_k = c0 + tl.arange(0, BC)
-        m_k = o_k < K
-        dqg = tl.zeros([64, BC], dtype=tl.float32)
-        dwy = tl.zeros([64, BC], dtype=tl.float32)                              # d(T X)
-        dkg = tl.zeros([64, BC], dtype=tl.float32)
-        dGl = tl.zeros([BC], dtype=tl.float32)
-        for v0 in range(0, V, BV):
-            o_v = v0 + tl.arange(0, BV)
-            m_v = o_v < V
-            m_kv = m_k[:, None] & m_v[None, :]
-            b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-            b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-            b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
-            b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
-            b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
-            dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-            dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
-            dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
-            dGl += tl.sum(b_h * b_dh, axis=1)
-        b_q = _ld_chunk(q, t0, L, i_h, H, K, o_k, m_k)
-        b_k = _ld_chunk(k, t0, L, i_h, H, K, o_k, m_k)
-        b_G = _ld_chunk(G, t0, L, i_h, H, K, o_k, m_k)
-        e = tl.where(m_r[:, None], tl.exp(b_G), 0.)
-        # w = T X, X = beta k exp(G)
-        X = b_k * e * b_beta[:, None]
-        dX = tl.dot(tl.trans(b_T), dwy, input_precision=PREC)
-        dT += tl.dot(dwy, tl.trans(X), input_precision=PREC)
-        b_dk = dX * e * b_beta[:, None]
-        dbeta += tl.sum(dX * b_k * e, axis=1)
-        b_dG = dX * X
-        # qg = scale q exp(G)
-        b_dq = dqg * e * scale
-        b_dG += dqg * b_q * e * scale
-        # kg = k exp(G_last - G) and the chunk decay exp(G_last) of the state
-        G_last = ld_row_at(G, t0, L - 1, L, i_h, H, K, c0, BC)
-        eg = tl.where(m_r[:, None], tl.exp(G_last[None, :] - b_G), 0.)
-        b_dk += dkg * eg
-        b_dG -= dkg * b_k * eg
-        dG_last = dGl * tl.exp(G_last) + tl.sum(dkg * b_k * eg, axis=0)
-        b_dG += tl.where((rows == L - 1)[:, None], dG_last[None, :], 0.)
-        _st_chunk(dq_p, b_dq, t0, L, i_h, H, K, o_k, m_k)
-        _st_chunk(dk_p, b_dk, t0, L, i_h, H, K, o_k, m_k)
-        _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
-
+    for kb in range(0, NKB):
+        p_part = (kb * NTOK + t0 + rows) * H + i_h
+        dT += tl.load(dT_p + p_part.to(tl.int64)[:, None] * 64 + o_c[None, :], mask=m_r[:, None], other=0.)
+        dbeta += tl.load(dbeta_kp + p_part, mask=m_r, other=0.)
     # T = (I + Akk)^-1  ->  dAkk = -T^T dT T^T, strictly lower
     b_dA = -tl.dot(tl.trans(b_T), tl.dot(dT, tl.trans(b_T), input_precision=PREC), input_precision=PREC)
     b_dA = tl.where(rows[:, None] > o_c[None, :], b_dA, 0.)
@@ -418,12 +449,22 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
     dk_p = torch.empty(1, NTOK, H, K, **f32)
     dG_p = torch.empty(1, NTOK, H, K, **f32)
     dbeta_p = torch.empty(1, NTOK, H, **f32)
-    _bwd_inter_kernel[(NC, H)](
-        qn, kn, v, beta, G, Tm, h, v_new, do, dh, dv_new,
-        dv, dA, dP, dq_p, dk_p, dG_p, dbeta_p,
+    NKB = triton.cdiv(K, INTER_BC)
+    dT_p = torch.empty(NKB, NTOK, H, CHUNK, **f32)   # each key block's share of dT
+    dbeta_kp = torch.empty(NKB, NTOK, H, **f32)
+    _bwd_inter_key_kernel[(NC, H, NKB)](
+        qn, kn, beta, G, Tm, h, v_new, do, dh, dv_new,
+        dq_p, dk_p, dG_p, dT_p, dbeta_kp,
         cu_seqlens, chunk_seq, chunk_pos, scale,
-        H=H, K=K, V=V, PREC=prec,
+        NTOK=NTOK, H=H, K=K, V=V, BC=INTER_BC, PREC=prec,
     )
+    _bwd_inter_value_kernel[(NC, H)](
+        v, beta, Tm, v_new, do, dv_new, dT_p, dbeta_kp,
+        dv, dA, dP, dbeta_p,
+        cu_seqlens, chunk_seq, chunk_pos, scale,
+        NTOK=NTOK, H=H, NKB=NKB, V=V, PREC=prec,
+    )
+    del dT_p, dbeta_kp
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
