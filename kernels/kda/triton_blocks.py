@@ -111,28 +111,60 @@ def st_cc(base, x, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
 
 
 @triton.jit
-def left_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """Row block I's part left of its diagonal block (columns j < rI) of
-    Akk[i, j] = sum_c k_i k_j exp(G_i - G_j)  and the same with q_i, summed over channel blocks of BC:
-    one [16, BC] x [BC, 64] product per channel block against every earlier row of the chunk.
+def _left_factors(ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, Gr):
+    """k_j e^(G_r - G_j) for the 16 rows j of block J, against the reference row r = rI of a later
+    block I (at most 1); zero when block I starts past L."""
+    m = ((rJ + tl.arange(0, 16)) < L) & (rI < L)
+    return tl.where(m[:, None], ld_rows_at(ks, t0, rJ, L, i_h, H, K, c0, BC)
+                    * tl.exp(Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC)), 0.)
 
-    Returns two [16, 64] float32 tiles (no beta, no scale), zero in columns j >= rI."""
-    r16 = tl.arange(0, 16)
-    rows64 = tl.arange(0, 64)
-    m_left = rows64 < rI                                                        # [64] earlier rows
-    Akk = tl.zeros([16, 64], dtype=tl.float32)
-    Aqk = tl.zeros([16, 64], dtype=tl.float32)
+
+@triton.jit
+def _row_factors(G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
+    """(e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r) with r = rI, the block's first row."""
+    Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
+    e = tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :])
+    return tl.where(((rI + tl.arange(0, 16)) < L)[:, None], e, 0.), Gr
+
+
+@triton.jit
+def off_diag_blocks(qs, ks, G, t0, L, i_h, H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """The six 16 x 16 blocks left of the diagonal of a chunk's
+    Akk[i, j] = sum_c k_i k_j e^(G_i - G_j)  and  Aqk[i, j] = sum_c q_i k_j e^(G_i - G_j),
+    summed over channel blocks of BC, each as one [16, BC] x [BC, 16] product around the first row of
+    its row block (no beta, no scale). Returns A10, A20, A21, A30, A31, A32, then the same for Aqk."""
+    z = tl.zeros([16, 16], dtype=tl.float32)
+    A10, A20, A21, A30, A31, A32 = z, z, z, z, z, z
+    P10, P20, P21, P30, P31, P32 = z, z, z, z, z, z
     for c0 in range(0, K, BC):
-        o_c = c0 + tl.arange(0, BC)
-        Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)                           # [BC] reference row
-        eI = tl.where((rI + r16 < L)[:, None], tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
-        p = ((t0 + rows64) * H + i_h).to(tl.int64)[:, None] * K + o_c[None, :]  # [64, BC]
-        m = m_left[:, None] & (o_c < K)[None, :]
-        G64 = tl.load(G + p, mask=m, other=0.)
-        kLt = tl.trans(tl.where(m, tl.load(ks + p, mask=m, other=0.).to(tl.float32) * tl.exp(Gr[None, :] - G64), 0.))
-        Akk += tl.dot(ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * eI, kLt, input_precision=PREC)
-        Aqk += tl.dot(ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * eI, kLt, input_precision=PREC)
-    return Akk, Aqk
+        e1, G1 = _row_factors(G, t0, 16, L, i_h, H, K, c0, BC)
+        k1 = ld_rows_at(ks, t0, 16, L, i_h, H, K, c0, BC)
+        q1 = ld_rows_at(qs, t0, 16, L, i_h, H, K, c0, BC)
+        k0r = tl.trans(_left_factors(ks, G, t0, 0, 16, L, i_h, H, K, c0, BC, G1))
+        A10 += tl.dot(k1 * e1, k0r, input_precision=PREC)
+        P10 += tl.dot(q1 * e1, k0r, input_precision=PREC)
+        e2, G2 = _row_factors(G, t0, 32, L, i_h, H, K, c0, BC)
+        k2e = ld_rows_at(ks, t0, 32, L, i_h, H, K, c0, BC) * e2
+        q2e = ld_rows_at(qs, t0, 32, L, i_h, H, K, c0, BC) * e2
+        k0r = tl.trans(_left_factors(ks, G, t0, 0, 32, L, i_h, H, K, c0, BC, G2))
+        k1r = tl.trans(_left_factors(ks, G, t0, 16, 32, L, i_h, H, K, c0, BC, G2))
+        A20 += tl.dot(k2e, k0r, input_precision=PREC)
+        P20 += tl.dot(q2e, k0r, input_precision=PREC)
+        A21 += tl.dot(k2e, k1r, input_precision=PREC)
+        P21 += tl.dot(q2e, k1r, input_precision=PREC)
+        e3, G3 = _row_factors(G, t0, 48, L, i_h, H, K, c0, BC)
+        k3e = ld_rows_at(ks, t0, 48, L, i_h, H, K, c0, BC) * e3
+        q3e = ld_rows_at(qs, t0, 48, L, i_h, H, K, c0, BC) * e3
+        k0r = tl.trans(_left_factors(ks, G, t0, 0, 48, L, i_h, H, K, c0, BC, G3))
+        k1r = tl.trans(_left_factors(ks, G, t0, 16, 48, L, i_h, H, K, c0, BC, G3))
+        k2r = tl.trans(_left_factors(ks, G, t0, 32, 48, L, i_h, H, K, c0, BC, G3))
+        A30 += tl.dot(k3e, k0r, input_precision=PREC)
+        P30 += tl.dot(q3e, k0r, input_precision=PREC)
+        A31 += tl.dot(k3e, k1r, input_precision=PREC)
+        P31 += tl.dot(q3e, k1r, input_precision=PREC)
+        A32 += tl.dot(k3e, k2r, input_precision=PREC)
+        P32 += tl.dot(q3e, k2r, input_precision=PREC)
+    return A10, A20, A21, A30, A31, A32, P10, P20, P21, P30, P31, P32
 
 
 @triton.jit
@@ -173,6 +205,27 @@ def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr,
             Akk += tl.where(pair, tl.dot(kI * row, kc, input_precision=PREC), 0.)
             Aqk += tl.where(pair, tl.dot(qI * row, kc, input_precision=PREC), 0.)
     return Akk, Aqk
+
+
+@triton.jit
+def unit_lower_inverse(A00, A10, A11, A20, A21, A22, A30, A31, A32, A33, PREC: tl.constexpr):
+    """T = (I + A)^-1 for a strictly lower-triangular 64 x 64 A given as its ten 16 x 16 blocks on and
+    below the diagonal: the diagonal blocks by substitution (`inv_unit_lower16`), then block forward
+    substitution T_IJ = -T_II sum_k A_Ik T_kJ. Returns T00, T10, T11, T20, T21, T22, T30, T31, T32, T33."""
+    T00 = inv_unit_lower16(A00)
+    T11 = inv_unit_lower16(A11)
+    T22 = inv_unit_lower16(A22)
+    T33 = inv_unit_lower16(A33)
+    T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
+    T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
+    T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
+    T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PREC) + tl.dot(A21, T10, input_precision=PREC),
+                  input_precision=PREC)
+    T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PREC) + tl.dot(A32, T21, input_precision=PREC),
+                  input_precision=PREC)
+    T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
+                  + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+    return T00, T10, T11, T20, T21, T22, T30, T31, T32, T33
 
 
 @triton.jit
