@@ -122,7 +122,7 @@ def _bwd_state_kernel(
         st_halves(dh0 + (i_n * H + i_h) * K * V, dS_a, dS_b, p_a, p_b, m_av, m_bv, K)
 
 
-@autotune([config(8, 1, BV=32), config(8, 2, BV=32), config(8, 1, BV=16), config(4, 1, BV=16)],
+@autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(8, 1, BV=32), config(8, 2, BV=16)],
           key=["H", "K", "V"])
 @triton.jit
 def _bwd_inter_key_kernel(
@@ -197,7 +197,7 @@ def _bwd_inter_key_kernel(
     _st_chunk(dG_p, b_dG, t0, L, i_h, H, K, o_k, m_k)
 
 
-@autotune([config(8, 1, BV=32), config(4, 1, BV=32), config(4, 1, BV=16)], key=["H", "V"])
+@autotune([config(4, 1, BV=32), config(4, 2, BV=32), config(4, 2, BV=16), config(8, 1, BV=32)], key=["H", "V"])
 @triton.jit
 def _bwd_inter_value_kernel(
     v, beta, Tm, v_new, do, dv_new, dT_p, dbeta_kp,

@@ -73,8 +73,8 @@ def _fwd_gate_kernel(
             st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
 
 
-@autotune([config(4, 1, BC=32), config(8, 1, BC=32), config(4, 1, BC=16), config(2, 1, BC=16)],
-          key=["H", "K"])
+@autotune([config(2, 1, BC=16), config(2, 2, BC=16), config(2, 1, BC=32), config(1, 1, BC=16),
+           config(4, 1, BC=16)], key=["H", "K"])
 @triton.jit
 def _fwd_diag_kernel(
     qs, ks, G, beta,                  # qs, ks [NTOK, H, K] (normalised if so); G f32; beta [NTOK, H]
@@ -100,8 +100,8 @@ def _fwd_diag_kernel(
         tl.store(Aqk + p, tl.zeros([16, 64], dtype=tl.float32), mask=(rows < L)[:, None] & (cols >= rI + 16)[None, :])
 
 
-@autotune([config(4, 1, BC=32), config(8, 1, BC=32), config(4, 1, BC=16), config(4, 2, BC=32)],
-          key=["H", "K"])
+@autotune([config(4, 2, BC=32), config(4, 3, BC=32), config(4, 2, BC=16), config(2, 2, BC=32),
+           config(4, 1, BC=32)], key=["H", "K"])
 @triton.jit
 def _fwd_solve_kernel(
     qs, ks, G, beta, Akk_d,           # Akk_d [NTOK, H, 16] f32: the diagonal blocks of Akk (beta-scaled)
@@ -171,8 +171,8 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
 
 
-@autotune([config(4, 2, BC=32), config(8, 2, BC=32), config(8, 1, BC=32), config(4, 2, BC=16)],
-          key=["H", "K", "V"])
+@autotune([config(4, 2, BC=32), config(4, 3, BC=32), config(8, 2, BC=32), config(8, 1, BC=32),
+           config(4, 2, BC=16)], key=["H", "K", "V"])
 @triton.jit
 def _fwd_wy_kernel(
     qs, ks, v, beta, G, Tm,           # qs, ks [NTOK,H,K] (L2-normalised if so); v [NTOK,H,V]; G f32; T [NTOK,H,64]
@@ -263,8 +263,8 @@ def _fwd_state_kernel(
         st_halves(ht + (i_n * H + i_h) * K * V, S_a, S_b, p_a, p_b, m_av, m_bv, K)
 
 
-@autotune([config(8, 2, BV=64), config(4, 1, BV=64), config(4, 2, BV=32), config(8, 2, BV=128)],
-          key=["H", "K", "V"])
+@autotune([config(8, 2, BV=64), config(4, 1, BV=64), config(4, 2, BV=64), config(4, 2, BV=32),
+           config(8, 2, BV=128)], key=["H", "K", "V"])
 @triton.jit
 def _fwd_output_kernel(
     qg, h, v_new, Aqk, o,             # qg [NTOK,H,K]; h [NC,H,K,V]; v_new, o [NTOK,H,V]; Aqk [NTOK,H,64]
