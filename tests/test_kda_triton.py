@@ -176,6 +176,21 @@ def test_dense_chunk_table_matches_the_packed_one():
             assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+def test_packed_chunk_table_is_reused_until_cu_seqlens_changes_in_place():
+    """The chunk table of a packed batch is computed once per cu_seqlens tensor (a model passes one
+    to every layer); an in-place change of that tensor makes the next call see the new lengths."""
+    B, T, H, K, V = 1, 100, 1, 16, 16
+    x, cu = make_inputs(B, T, H, K, V, [30, 70], with_h0=True)
+    do = torch.randn(B, T, H, V, device=DEV)
+    dht = torch.randn(2, H, K, V, device=DEV)
+    for lens in ([30, 70], [70, 30]):
+        cu[1] = lens[0]                                            # in place: the same tensor object
+        ours = fwd_bwd(chunk_kda_triton, x, cu, do, dht, False)
+        ref = fwd_bwd(naive_recurrent_kda, x, cu, do, dht, False, double=True)
+        errs = errors(ours, ref, x)
+        assert not over_tolerance(errs), (lens, over_tolerance(errs))
+
+
 def test_chunk_triton_rejects_more_than_128_key_channels():
     x, _ = make_inputs(1, 4, 1, 256, 16, None, True, False)
     with pytest.raises(ValueError, match="K <= 128 channels .* got K = 256"):

@@ -6,7 +6,7 @@ in-kernel L2 norm, q and k gradients go through the normalisation.
 """
 import torch
 
-from .common import check_shapes
+from .common import cached_on_values, check_shapes
 from .triton_chunk_bwd import chunk_kda_bwd
 from .triton_chunk_fwd import chunk_kda_fwd
 from .triton_utils import check_env_pins, chunk_table, default_cu_seqlens, dense_chunk_table
@@ -14,6 +14,12 @@ from .triton_utils import check_env_pins, chunk_table, default_cu_seqlens, dense
 check_env_pins()          # every autotuned kernel is defined by now: a mistyped pin fails here
 
 _SAVED = ("G", "qn", "kn", "w", "Aqk", "T", "h", "v_new", "qg", "kg")
+
+
+def packed_chunk_table(cu_seqlens):
+    """(cu_seqlens as int32, its chunk table): one host sync, so computed once per cu_seqlens tensor."""
+    cu = cu_seqlens.to(torch.int32)
+    return cu, chunk_table(cu)
 
 
 class ChunkKDAFunction(torch.autograd.Function):
@@ -25,8 +31,7 @@ class ChunkKDAFunction(torch.autograd.Function):
         if cu_seqlens is None:
             cu, table = default_cu_seqlens(B, T, q.device), dense_chunk_table(B, T, q.device)
         else:
-            cu = cu_seqlens.to(torch.int32)
-            table = chunk_table(cu)
+            cu, table = cached_on_values(cu_seqlens, packed_chunk_table)
         flat = [x.reshape(1, B * T, *x.shape[2:]).contiguous() for x in (q, k, v, g, beta)]
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         o, ht, saved = chunk_kda_fwd(*flat, scale, h0, output_final_state, cu, table,

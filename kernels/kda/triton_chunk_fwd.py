@@ -73,7 +73,7 @@ def _fwd_gate_kernel(
             st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
 
 
-@autotune([config(2, 1, BC=16), config(2, 2, BC=16), config(2, 1, BC=32), config(1, 1, BC=16),
+@autotune([config(1, 1, BC=16), config(1, 2, BC=16), config(2, 1, BC=16), config(2, 2, BC=16),
            config(4, 1, BC=16)], key=["H", "K"])
 @triton.jit
 def _fwd_diag_kernel(
@@ -100,8 +100,8 @@ def _fwd_diag_kernel(
         tl.store(Aqk + p, tl.zeros([16, 64], dtype=tl.float32), mask=(rows < L)[:, None] & (cols >= rI + 16)[None, :])
 
 
-@autotune([config(4, 2, BC=32), config(4, 3, BC=32), config(4, 2, BC=16), config(2, 2, BC=32),
-           config(4, 1, BC=32)], key=["H", "K"])
+@autotune([config(2, 2, BC=32), config(2, 3, BC=32), config(2, 2, BC=16), config(4, 2, BC=32)],
+          key=["H", "K"])
 @triton.jit
 def _fwd_solve_kernel(
     qs, ks, G, beta, Akk_d,           # Akk_d [NTOK, H, 16] f32: the diagonal blocks of Akk (beta-scaled)
