@@ -75,7 +75,8 @@ def kernels(dtype):
     prec = "ieee" if dtype == "fp32" else "tf32"
     ptr = lambda names, t: {n: t for n in names.split()}  # noqa: E731
     gate_ptrs = {**ptr("q k qn kn", x), **ptr("g G A_log dt_bias", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    intra_ptrs = {**ptr("qs ks beta", x), **ptr("G Aqk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    diag_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
+    solve_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     state_ptrs = {**ptr("kg w h", x), **ptr("u G v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o h", x), **ptr("v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
@@ -96,7 +97,8 @@ def kernels(dtype):
     return [
         ("fwd gate", Fixed(fwd._fwd_gate_kernel), gate_ptrs,
          dict(K=K, BK=128, USE_L2NORM=True, USE_GATE=True, HAS_DT_BIAS=True)),
-        ("fwd intra", fwd._fwd_intra_kernel, intra_ptrs, dict(K=K, PREC=prec)),
+        ("fwd diag", fwd._fwd_diag_kernel, diag_ptrs, dict(K=K, PREC=prec)),
+        ("fwd solve", fwd._fwd_solve_kernel, solve_ptrs, dict(K=K, PREC=prec)),
         ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(kv, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(kv, **dot, HAS_H0=True, STORE_HT=True)),
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),

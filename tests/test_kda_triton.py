@@ -136,14 +136,14 @@ def test_chunk_triton_every_autotune_candidate(name, index):
 
 def test_autotune_pins_reject_bad_names_and_indices(monkeypatch):
     from kernels.kda.triton_utils import TUNED, check_env_pins, pin_config
-    with pytest.raises(IndexError, match="_fwd_intra_kernel has candidates 0..5"):
-        pin_config("_fwd_intra_kernel", len(TUNED["_fwd_intra_kernel"][1]))
+    with pytest.raises(IndexError, match="_fwd_diag_kernel has candidates 0..3"):
+        pin_config("_fwd_diag_kernel", len(TUNED["_fwd_diag_kernel"][1]))
     with pytest.raises(KeyError, match="no autotuned kernel 'nope'"):
         pin_config("nope", 0)
-    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_intra_kernl=1")
-    with pytest.raises(ValueError, match="names no autotuned kernel: \\['_fwd_intra_kernl'\\]"):
+    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_diag_kernl=1")
+    with pytest.raises(ValueError, match="names no autotuned kernel: \\['_fwd_diag_kernl'\\]"):
         check_env_pins()
-    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_intra_kernel=one")
+    monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_diag_kernel=one")
     with pytest.raises(ValueError, match="is not kernel=index"):
         check_env_pins()
 

@@ -1,11 +1,13 @@
-"""Chunkwise KDA forward in Triton: five kernels (the math is in chunk_torch.py's docstring).
+"""Chunkwise KDA forward in Triton: six kernels (the math is in chunk_torch.py's docstring).
 
-1. Everything that needs no state, in two kernels:
+1. Everything that needs no state, in three kernels:
    `_fwd_gate_kernel` (chunk, head): the gate (optionally -exp(A_log) * softplus(x + dt_bias)), its
    chunk-local cumulative sum G, the optional L2 norm of q/k;
-   `_fwd_intra_kernel` (chunk, head): the intra-chunk matrices Akk (strictly lower, times beta) and
-   Aqk (lower, times scale) as 16 x 16 blocks with exact decays, summed over channel blocks, then
-   T = (I + Akk)^-1 by blockwise forward substitution (Akk stays in registers).
+   `_fwd_diag_kernel` (chunk, head, row block of 16) and `_fwd_solve_kernel` (chunk, head): the
+   intra-chunk matrices Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16
+   blocks with exact decays, summed over channel blocks, the diagonal blocks in the first, the six
+   left of the diagonal in the second, which then forms T = (I + Akk)^-1 by blockwise forward
+   substitution (Akk stays in registers).
 2. `_fwd_wy_kernel`, one program per (chunk, head): the WY factors w = T (beta k exp(G)) and
    u = T (beta v) as 64 x 64 products over column blocks, and the pre-decayed qg = scale q exp(G) and
    kg = k exp(G_last - G) in the input dtype, so the sequential pass and the output read one
@@ -71,53 +73,65 @@ def _fwd_gate_kernel(
             st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
 
 
-@autotune([config(4, 2, BC=32), config(4, 2, BC=16), config(4, 1, BC=16), config(8, 2, BC=32),
-           config(8, 1, BC=16), config(2, 1, BC=16)], key=["H", "K"])
+@autotune([config(1, 1, BC=16), config(1, 2, BC=16), config(2, 1, BC=16), config(2, 2, BC=16),
+           config(4, 1, BC=16)], key=["H", "K"])
 @triton.jit
-def _fwd_intra_kernel(
+def _fwd_diag_kernel(
     qs, ks, G, beta,                  # qs, ks [NTOK, H, K] (normalised if so); G f32; beta [NTOK, H]
-    Aqk, Tm,                          # out: Aqk [NTOK, H, 64] f32 (lower, times scale); T [NTOK, H, 64] f32
+    Akk_d, Aqk,                       # out: Akk_d [NTOK, H, 16] f32 (the diagonal blocks); Aqk [NTOK, H, 64] f32
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
     H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Per (chunk, head): Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16
-    blocks with exact decays, the four diagonal ones by halving levels (`diag_blocks`), the six left of
-    the diagonal around their row block's first row (`off_diag_blocks`); then T = (I + Akk)^-1
-    (`unit_lower_inverse`). Akk stays in registers."""
+    """Per (chunk, head, row block I of 16): diagonal block I of Akk (strictly lower, times beta) and
+    of Aqk (lower, times scale), exactly decayed (`diag_blocks`), and Aqk's zeros right of it; the
+    blocks left of the diagonal are `_fwd_solve_kernel`'s."""
+    i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
+    rI = I * 16
+    if rI < L:
+        rows = rI + tl.arange(0, 16)
+        b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=rows < L, other=0.).to(tl.float32)
+        A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC, PREC)
+        st_cc(Akk_d, A_d * b_beta[:, None], t0, rI, 0, L, i_h, H, 16)
+        st_cc(Aqk, P_d * scale, t0, rI, rI, L, i_h, H, 64)
+        cols = tl.arange(0, 64)
+        p = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * 64 + cols[None, :]    # [16, 64]
+        tl.store(Aqk + p, tl.zeros([16, 64], dtype=tl.float32), mask=(rows < L)[:, None] & (cols >= rI + 16)[None, :])
+
+
+@autotune([config(2, 2, BC=32), config(2, 3, BC=32), config(2, 2, BC=16), config(4, 2, BC=32)],
+          key=["H", "K"])
+@triton.jit
+def _fwd_solve_kernel(
+    qs, ks, G, beta, Akk_d,           # Akk_d [NTOK, H, 16] f32: the diagonal blocks of Akk (beta-scaled)
+    Aqk, Tm,                          # out: Aqk's blocks left of the diagonal; T [NTOK, H, 64] f32
+    cu_seqlens, chunk_seq, chunk_pos,
+    scale,
+    H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Per (chunk, head): the six 16 x 16 blocks left of the diagonal of Akk and Aqk (`off_diag_blocks`),
+    then T = (I + Akk)^-1 (`unit_lower_inverse`) with Akk's diagonal blocks from `_fwd_diag_kernel`.
+    Akk itself never goes to memory."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
-    A00, P00 = diag_blocks(qs, ks, G, t0, 0, L, i_h, H, K, BC, PREC)
-    A11, P11 = diag_blocks(qs, ks, G, t0, 16, L, i_h, H, K, BC, PREC)
-    A22, P22 = diag_blocks(qs, ks, G, t0, 32, L, i_h, H, K, BC, PREC)
-    A33, P33 = diag_blocks(qs, ks, G, t0, 48, L, i_h, H, K, BC, PREC)
     A10, A20, A21, A30, A31, A32, P10, P20, P21, P30, P31, P32 = off_diag_blocks(
         qs, ks, G, t0, L, i_h, H, K, BC, PREC)
     r16 = tl.arange(0, 16)
-    b0 = tl.load(beta + (t0 + r16) * H + i_h, mask=r16 < L, other=0.).to(tl.float32)[:, None]
     b1 = tl.load(beta + (t0 + 16 + r16) * H + i_h, mask=16 + r16 < L, other=0.).to(tl.float32)[:, None]
     b2 = tl.load(beta + (t0 + 32 + r16) * H + i_h, mask=32 + r16 < L, other=0.).to(tl.float32)[:, None]
     b3 = tl.load(beta + (t0 + 48 + r16) * H + i_h, mask=48 + r16 < L, other=0.).to(tl.float32)[:, None]
-    zero = tl.zeros([16, 16], dtype=tl.float32)
-    st_cc(Aqk, P00 * scale, t0, 0, 0, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 16, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 0, 48, L, i_h, H, 64)
     st_cc(Aqk, P10 * scale, t0, 16, 0, L, i_h, H, 64)
-    st_cc(Aqk, P11 * scale, t0, 16, 16, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 16, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 16, 48, L, i_h, H, 64)
     st_cc(Aqk, P20 * scale, t0, 32, 0, L, i_h, H, 64)
     st_cc(Aqk, P21 * scale, t0, 32, 16, L, i_h, H, 64)
-    st_cc(Aqk, P22 * scale, t0, 32, 32, L, i_h, H, 64)
-    st_cc(Aqk, zero, t0, 32, 48, L, i_h, H, 64)
     st_cc(Aqk, P30 * scale, t0, 48, 0, L, i_h, H, 64)
     st_cc(Aqk, P31 * scale, t0, 48, 16, L, i_h, H, 64)
     st_cc(Aqk, P32 * scale, t0, 48, 32, L, i_h, H, 64)
-    st_cc(Aqk, P33 * scale, t0, 48, 48, L, i_h, H, 64)
     T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = unit_lower_inverse(
-        A00 * b0, A10 * b1, A11 * b1, A20 * b2, A21 * b2, A22 * b2, A30 * b3, A31 * b3, A32 * b3, A33 * b3,
-        PREC)
+        ld_cc(Akk_d, t0, 0, 0, L, i_h, H, 16), A10 * b1, ld_cc(Akk_d, t0, 16, 0, L, i_h, H, 16),
+        A20 * b2, A21 * b2, ld_cc(Akk_d, t0, 32, 0, L, i_h, H, 16),
+        A30 * b3, A31 * b3, A32 * b3, ld_cc(Akk_d, t0, 48, 0, L, i_h, H, 16), PREC)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
     st_cc(Tm, T00, t0, 0, 0, L, i_h, H, 64)
     st_cc(Tm, zero, t0, 0, 16, L, i_h, H, 64)
     st_cc(Tm, zero, t0, 0, 32, L, i_h, H, 64)
@@ -305,9 +319,14 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
         H=H, K=K, BK=BK, USE_L2NORM=use_qk_l2norm_in_kernel, USE_GATE=use_gate_in_kernel,
         HAS_DT_BIAS=dt_bias is not None, num_warps=4, num_stages=1,
     )
-    _fwd_intra_kernel[(NC, H)](
-        qn, kn, G, beta, Aqk, Tm, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
+    Akk_d = torch.empty(1, NTOK, H, 16, **f32)
+    _fwd_diag_kernel[(NC, H, CHUNK // 16)](
+        qn, kn, G, beta, Akk_d, Aqk, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
     )
+    _fwd_solve_kernel[(NC, H)](
+        qn, kn, G, beta, Akk_d, Aqk, Tm, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
+    )
+    del Akk_d
     _fwd_wy_kernel[(NC, H)](
         qn, kn, v, beta, G, Tm, w, u, qg, kg, cu_seqlens, chunk_seq, chunk_pos, scale,
         H=H, K=K, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
