@@ -1,6 +1,7 @@
 #!/bin/sh
 # device run: the rollout decode benchmark (benchmarks/rollout.py) in parts that fit device calls.
-#   sh benchmarks/gpu_rollout_session.sh embedded          # embedded engine, both models; needs no kit
+#   sh benchmarks/gpu_rollout_session.sh embedded [CELLS] [MODELS]   # embedded engine (default: cells
+#                                                          # 64x4096,256x4096,64x32768, both models); no kit
 #   sh benchmarks/gpu_rollout_session.sh vllm [MODELS]     # vLLM cells (default hybrid,mla); needs the
 #                                                          # gpu-kit's vllm bundle in /tmp/site
 # Values merge into benchmarks/results/rollout_<device>.json (tracked, so it travels with the tree);
@@ -13,8 +14,8 @@ trap 'cp benchmarks/results/rollout_*.json benchmarks/results/rollout_*.md $OUT/
 LIMIT=${ROLLOUT_SECONDS:-540}
 case "$PART" in
   embedded)
-    timeout $LIMIT python3 benchmarks/rollout.py --engines embedded --models hybrid,mla --budget-s 200 \
-        --embedded-cells 64x4096,256x4096,64x32768 2>&1 | tee $OUT/rollout_embedded.log ;;
+    timeout $LIMIT python3 benchmarks/rollout.py --engines embedded --models ${3:-hybrid,mla} --budget-s 200 \
+        --embedded-cells ${2:-64x4096,256x4096,64x32768} 2>&1 | tee $OUT/rollout_embedded.log ;;
   vllm)
     timeout $LIMIT python3 benchmarks/rollout.py --engines vllm --models ${2:-hybrid,mla} --budget-s 120 \
         2>&1 | grep -v "it/s\]$" | tee $OUT/rollout_vllm.log ;;
