@@ -120,11 +120,22 @@ def _left_factors(ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.cons
 
 
 @triton.jit
-def _row_factors(G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
-    """(e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r) with r = rI, the block's first row."""
+def _right_rows(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
+    """(k_i e^(G_i - G_r), q_i e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r) with
+    r = rI, the block's first row (factors at most 1)."""
     Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
-    e = tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :])
-    return tl.where(((rI + tl.arange(0, 16)) < L)[:, None], e, 0.), Gr
+    e = tl.where(((rI + tl.arange(0, 16)) < L)[:, None],
+                 tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
+    return ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * e, ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * e, Gr
+
+
+@triton.jit
+def _add_left_block(A, P, k_e, q_e, ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, Gr,
+                    PREC: tl.constexpr):
+    """Block (I, J)'s shares of Akk and Aqk from one channel block, added to A and P: the rows of block
+    I decayed to its first row rI (k_e, q_e from `_right_rows`) against block J's keys decayed from it."""
+    kr = tl.trans(_left_factors(ks, G, t0, rJ, rI, L, i_h, H, K, c0, BC, Gr))                # [BC, 16]
+    return A + tl.dot(k_e, kr, input_precision=PREC), P + tl.dot(q_e, kr, input_precision=PREC)
 
 
 @triton.jit
@@ -137,33 +148,15 @@ def off_diag_blocks(qs, ks, G, t0, L, i_h, H, K: tl.constexpr, BC: tl.constexpr,
     A10, A20, A21, A30, A31, A32 = z, z, z, z, z, z
     P10, P20, P21, P30, P31, P32 = z, z, z, z, z, z
     for c0 in range(0, K, BC):
-        e1, G1 = _row_factors(G, t0, 16, L, i_h, H, K, c0, BC)
-        k1 = ld_rows_at(ks, t0, 16, L, i_h, H, K, c0, BC)
-        q1 = ld_rows_at(qs, t0, 16, L, i_h, H, K, c0, BC)
-        k0r = tl.trans(_left_factors(ks, G, t0, 0, 16, L, i_h, H, K, c0, BC, G1))
-        A10 += tl.dot(k1 * e1, k0r, input_precision=PREC)
-        P10 += tl.dot(q1 * e1, k0r, input_precision=PREC)
-        e2, G2 = _row_factors(G, t0, 32, L, i_h, H, K, c0, BC)
-        k2e = ld_rows_at(ks, t0, 32, L, i_h, H, K, c0, BC) * e2
-        q2e = ld_rows_at(qs, t0, 32, L, i_h, H, K, c0, BC) * e2
-        k0r = tl.trans(_left_factors(ks, G, t0, 0, 32, L, i_h, H, K, c0, BC, G2))
-        k1r = tl.trans(_left_factors(ks, G, t0, 16, 32, L, i_h, H, K, c0, BC, G2))
-        A20 += tl.dot(k2e, k0r, input_precision=PREC)
-        P20 += tl.dot(q2e, k0r, input_precision=PREC)
-        A21 += tl.dot(k2e, k1r, input_precision=PREC)
-        P21 += tl.dot(q2e, k1r, input_precision=PREC)
-        e3, G3 = _row_factors(G, t0, 48, L, i_h, H, K, c0, BC)
-        k3e = ld_rows_at(ks, t0, 48, L, i_h, H, K, c0, BC) * e3
-        q3e = ld_rows_at(qs, t0, 48, L, i_h, H, K, c0, BC) * e3
-        k0r = tl.trans(_left_factors(ks, G, t0, 0, 48, L, i_h, H, K, c0, BC, G3))
-        k1r = tl.trans(_left_factors(ks, G, t0, 16, 48, L, i_h, H, K, c0, BC, G3))
-        k2r = tl.trans(_left_factors(ks, G, t0, 32, 48, L, i_h, H, K, c0, BC, G3))
-        A30 += tl.dot(k3e, k0r, input_precision=PREC)
-        P30 += tl.dot(q3e, k0r, input_precision=PREC)
-        A31 += tl.dot(k3e, k1r, input_precision=PREC)
-        P31 += tl.dot(q3e, k1r, input_precision=PREC)
-        A32 += tl.dot(k3e, k2r, input_precision=PREC)
-        P32 += tl.dot(q3e, k2r, input_precision=PREC)
+        k1e, q1e, G1 = _right_rows(qs, ks, G, t0, 16, L, i_h, H, K, c0, BC)
+        A10, P10 = _add_left_block(A10, P10, k1e, q1e, ks, G, t0, 0, 16, L, i_h, H, K, c0, BC, G1, PREC)
+        k2e, q2e, G2 = _right_rows(qs, ks, G, t0, 32, L, i_h, H, K, c0, BC)
+        A20, P20 = _add_left_block(A20, P20, k2e, q2e, ks, G, t0, 0, 32, L, i_h, H, K, c0, BC, G2, PREC)
+        A21, P21 = _add_left_block(A21, P21, k2e, q2e, ks, G, t0, 16, 32, L, i_h, H, K, c0, BC, G2, PREC)
+        k3e, q3e, G3 = _right_rows(qs, ks, G, t0, 48, L, i_h, H, K, c0, BC)
+        A30, P30 = _add_left_block(A30, P30, k3e, q3e, ks, G, t0, 0, 48, L, i_h, H, K, c0, BC, G3, PREC)
+        A31, P31 = _add_left_block(A31, P31, k3e, q3e, ks, G, t0, 16, 48, L, i_h, H, K, c0, BC, G3, PREC)
+        A32, P32 = _add_left_block(A32, P32, k3e, q3e, ks, G, t0, 32, 48, L, i_h, H, K, c0, BC, G3, PREC)
     return A10, A20, A21, A30, A31, A32, P10, P20, P21, P30, P31, P32
 
 
