@@ -15,8 +15,8 @@ bound.
 """
 import argparse
 import os
-import sys
 import statistics
+import sys
 
 import torch
 
