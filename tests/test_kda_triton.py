@@ -136,8 +136,9 @@ def test_chunk_triton_every_autotune_candidate(name, index):
 
 def test_autotune_pins_reject_bad_names_and_indices(monkeypatch):
     from kernels.kda.triton_utils import TUNED, check_env_pins, pin_config
-    with pytest.raises(IndexError, match="_fwd_diag_kernel has candidates 0..3"):
-        pin_config("_fwd_diag_kernel", len(TUNED["_fwd_diag_kernel"][1]))
+    n = len(TUNED["_fwd_diag_kernel"][1])
+    with pytest.raises(IndexError, match=f"_fwd_diag_kernel has candidates 0..{n - 1}"):
+        pin_config("_fwd_diag_kernel", n)
     with pytest.raises(KeyError, match="no autotuned kernel 'nope'"):
         pin_config("nope", 0)
     monkeypatch.setenv("DELTARL_KDA_CONFIG", "_fwd_diag_kernl=1")
