@@ -7,7 +7,7 @@
    intra-chunk matrices Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16
    blocks with exact decays, summed over channel blocks, the diagonal blocks in the first, the six
    left of the diagonal in the second, which then forms T = (I + Akk)^-1 by blockwise forward
-   substitution (Akk stays in registers).
+   substitution (of Akk, only the diagonal blocks go through memory).
 2. `_fwd_wy_kernel`, one program per (chunk, head): the WY factors w = T (beta k exp(G)) and
    u = T (beta v) as 64 x 64 products over column blocks, and the pre-decayed qg = scale q exp(G) and
    kg = k exp(G_last - G) in the input dtype, so the sequential pass and the output read one
@@ -111,8 +111,8 @@ def _fwd_solve_kernel(
     H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
 ):
     """Per (chunk, head): the six 16 x 16 blocks left of the diagonal of Akk and Aqk (`off_diag_blocks`),
-    then T = (I + Akk)^-1 (`unit_lower_inverse`) with Akk's diagonal blocks from `_fwd_diag_kernel`.
-    Akk itself never goes to memory."""
+    then T = (I + Akk)^-1 (`unit_lower_inverse`) with Akk's diagonal blocks from `_fwd_diag_kernel`,
+    the only part of Akk that goes through memory."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     A10, A20, A21, A30, A31, A32, P10, P20, P21, P30, P31, P32 = off_diag_blocks(
