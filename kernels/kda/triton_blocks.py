@@ -111,7 +111,7 @@ def st_cc(base, x, t0, rI, rJ, L, i_h, H, C: tl.constexpr):
 
 
 @triton.jit
-def _left_factors(ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, Gr):
+def left_factors(ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, Gr):
     """k_j e^(G_r - G_j) for the 16 rows j of block J, against the reference row r = rI of a later
     block I (at most 1); zero when block I starts past L."""
     m = ((rJ + tl.arange(0, 16)) < L) & (rI < L)
@@ -120,12 +120,19 @@ def _left_factors(ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.cons
 
 
 @triton.jit
-def _right_rows(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
-    """(k_i e^(G_i - G_r), q_i e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r) with
-    r = rI, the block's first row (factors at most 1)."""
+def row_factors(G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
+    """(e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r) with r = rI, the block's first
+    row (factors at most 1)."""
     Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
-    e = tl.where(((rI + tl.arange(0, 16)) < L)[:, None],
-                 tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :]), 0.)
+    e = tl.exp(ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC) - Gr[None, :])
+    return tl.where(((rI + tl.arange(0, 16)) < L)[:, None], e, 0.), Gr
+
+
+@triton.jit
+def _right_rows(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr):
+    """(k_i e^(G_i - G_r), q_i e^(G_i - G_r) for the 16 rows i of block I, zero past L; G_r)
+    (`row_factors`)."""
+    e, Gr = row_factors(G, t0, rI, L, i_h, H, K, c0, BC)
     return ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC) * e, ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC) * e, Gr
 
 
@@ -134,7 +141,7 @@ def _add_left_block(A, P, k_e, q_e, ks, G, t0, rJ, rI, L, i_h, H, K: tl.constexp
                     PREC: tl.constexpr):
     """Block (I, J)'s shares of Akk and Aqk from one channel block, added to A and P: the rows of block
     I decayed to its first row rI (k_e, q_e from `_right_rows`) against block J's keys decayed from it."""
-    kr = tl.trans(_left_factors(ks, G, t0, rJ, rI, L, i_h, H, K, c0, BC, Gr))                # [BC, 16]
+    kr = tl.trans(left_factors(ks, G, t0, rJ, rI, L, i_h, H, K, c0, BC, Gr))                # [BC, 16]
     return A + tl.dot(k_e, kr, input_precision=PREC), P + tl.dot(q_e, kr, input_precision=PREC)
 
 

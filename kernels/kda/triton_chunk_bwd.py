@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
-                            st_halves, st_rows)
+from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, left_factors,
+                            row_factors, softplus, st_halves, st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -285,14 +285,12 @@ def _bwd_intra_kernel(
     b_dq = tl.zeros([16, BC], dtype=tl.float32)
     b_R = tl.zeros([16, BC], dtype=tl.float32)
     if I > 0:
-        Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
+        eI, Gr = row_factors(G, t0, rI, L, i_h, H, K, c0, BC)
         for J in range(0, I):
             rJ = J * 16
-            kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.exp(
-                Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC))
+            kJe = left_factors(k, G, t0, rJ, rI, L, i_h, H, K, c0, BC, Gr)
             b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
             b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
-        eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
         b_dq *= eI
         b_R *= eI
 
@@ -301,8 +299,7 @@ def _bwd_intra_kernel(
     for Ip in range(I + 1, tl.cdiv(L, 16)):
         rP = Ip * 16
         mP = (rP + r16) < L
-        Grp = ld_row_at(G, t0, rP, L, i_h, H, K, c0, BC)
-        eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
+        eP, Grp = row_factors(G, t0, rP, L, i_h, H, K, c0, BC)
         bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
         kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]          # dM = beta_i dA
         qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP
