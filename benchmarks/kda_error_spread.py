@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.kda_kernels import get_fla, load_baseline, parse_baselines  # noqa: E402
-from tests.gpu.test_kda_triton_gpu import CASES, TOL, make_inputs, oracle, ours, rel, run_impl  # noqa: E402
+from tests.gpu.test_kda_triton_gpu import CASES, TOL, fla_impl, make_inputs, oracle, ours, rel, run_impl  # noqa: E402
 from tests.kda_inputs import gate_sum_errors  # noqa: E402
 
 
@@ -53,16 +53,18 @@ def main():
     ap.add_argument("--baseline", action="append", metavar="[NAME=]DIR")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if not 0 <= args.case < len(CASES):
+        ap.error(f"--case: {args.case} not in 0..{len(CASES) - 1} (the CASES of tests/gpu/test_kda_triton_gpu.py)")
+    if args.runs < 1:
+        ap.error(f"--runs: {args.runs}, need at least 1")
     dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[args.dtype]
     case = CASES[args.case]
     impls = {"ours": ours}
     for name, root in parse_baselines(args.baseline).items():
         base = load_baseline(root, name)
         impls[name] = lambda base=base, **kw: base(**kw)
-    fla = get_fla()
-    if fla is not None and not case.get("gate"):        # fla's gate arguments differ from ours
-        impls["fla"] = lambda **kw: fla(**{**kw, "cu_seqlens": kw["cu_seqlens"].long() if kw["cu_seqlens"] is not None
-                                            else None})
+    if get_fla() is not None and not case.get("gate"):        # fla's gate arguments differ from ours
+        impls["fla"] = fla_impl
     runs = [errors_of(impls, case, dtype, seed) for seed in range(args.runs)]
     bound = TOL[dtype]
     lines = [f"# Error spread on {torch.cuda.get_device_name()}", "",

@@ -14,7 +14,8 @@ bf16 inputs, float32 gates, K = V = 128, chunk 64. `triton.testing.do_bench` (me
 warm-up), forward and forward+backward. Prints ms, achieved TFLOP/s and each version's ratio to fla,
 plus the decode step (256 sequences, H=32, K=V=128, state pool updated in place) against the time to
 read and write the state once at the measured copy bandwidth, a per-kernel profile (torch.profiler)
-of one forward+backward of each version, and the host time to issue one call. Writes benchmarks/results/kda_kernels_<device>.md.
+of one forward+backward of each version, and the host time to issue one call. Writes
+benchmarks/results/kda_kernels_<device>.md.
 
 FLOPs (per token and head, C = 64): the matrix products of the chunk algorithm,
   forward  = 2*C*K (Akk) + 2*C*K (Aqk) + 2*C*K (w) + 2*C*V (u) + 2*C*V (Aqk v) + 6*K*V (w h,
