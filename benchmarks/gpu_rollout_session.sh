@@ -4,6 +4,7 @@
 #                                                          # 64x4096,256x4096,64x32768, both models); no kit
 #   sh benchmarks/gpu_rollout_session.sh vllm [MODELS]     # vLLM cells (default hybrid,mla); needs the
 #                                                          # gpu-kit's vllm bundle in /tmp/site
+# ROLLOUT_SECONDS bounds the whole call, ROLLOUT_BUDGET (s) the cells one model may start.
 # Values merge into benchmarks/results/rollout_<device>.json (tracked, so it travels with the tree);
 # the json and the .md made from it come back in $OUT even when the call runs out of time: copy them
 # into benchmarks/results/ here before the next call.
@@ -12,12 +13,13 @@ PART=${1:?usage: gpu_rollout_session.sh embedded|vllm [MODELS]}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 trap 'cp benchmarks/results/rollout_*.json benchmarks/results/rollout_*.md $OUT/ 2>/dev/null; ls $OUT' EXIT
 LIMIT=${ROLLOUT_SECONDS:-540}
+BUDGET=${ROLLOUT_BUDGET:-200}     # seconds per engine and model after which later cells are skipped
 case "$PART" in
   embedded)
-    timeout $LIMIT python3 benchmarks/rollout.py --engines embedded --models ${3:-hybrid,mla} --budget-s 200 \
+    timeout $LIMIT python3 benchmarks/rollout.py --engines embedded --models ${3:-hybrid,mla} --budget-s $BUDGET \
         --embedded-cells ${2:-64x4096,256x4096,64x32768} 2>&1 | tee $OUT/rollout_embedded.log ;;
   vllm)
-    timeout $LIMIT python3 benchmarks/rollout.py --engines vllm --models ${2:-hybrid,mla} --budget-s 120 \
+    timeout $LIMIT python3 benchmarks/rollout.py --engines vllm --models ${2:-hybrid,mla} --budget-s ${ROLLOUT_BUDGET:-120} \
         2>&1 | grep -v "it/s\]$" | tee $OUT/rollout_vllm.log ;;
   *)
     echo "unknown part $PART: embedded or vllm" >&2; exit 2 ;;
