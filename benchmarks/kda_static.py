@@ -97,7 +97,7 @@ def kernels(dtype):
     return [
         ("fwd gate", Fixed(fwd._fwd_gate_kernel), gate_ptrs,
          dict(K=K, BK=128, USE_L2NORM=True, USE_GATE=True, HAS_DT_BIAS=True)),
-        ("fwd diag", fwd._fwd_diag_kernel, diag_ptrs, dict(K=K, PREC=prec)),
+        ("fwd diag", fwd._fwd_diag_kernel, diag_ptrs, dict(K=K, BK=128)),
         ("fwd solve", fwd._fwd_solve_kernel, solve_ptrs, dict(K=K, PREC=prec)),
         ("fwd wy", fwd._fwd_wy_kernel, wy_ptrs, dict(kv, **dot)),
         ("fwd state", fwd._fwd_state_kernel, state_ptrs, dict(kv, **dot, HAS_H0=True, STORE_HT=True)),

@@ -119,11 +119,13 @@ def _candidates():
 def test_chunk_triton_every_autotune_candidate(name, index):
     """The GPU tunes over every candidate block size / warp count; the interpreter runs the first,
     so each other one is pinned here in turn (the rest stay on their first) and checked. Packed,
-    ragged lengths, K = V = 64 so block sizes below 64 loop over channel blocks."""
+    ragged lengths, K = V = 64 so block sizes below 64 loop over channel blocks; 3 heads for the
+    kernel that takes a block of heads per program (a full block and a partial one)."""
     from kernels.kda.triton_utils import pin_config
-    x, cu = make_inputs(1, 90, 1, 64, 64, [20, 70], with_h0=True, gate=True)
-    do = torch.randn(1, 90, 1, 64, device=DEV)
-    dht = torch.randn(2, 1, 64, 64, device=DEV)
+    H = 3 if name == "_fwd_diag_kernel" else 1
+    x, cu = make_inputs(1, 90, H, 64, 64, [20, 70], with_h0=True, gate=True)
+    do = torch.randn(1, 90, H, 64, device=DEV)
+    dht = torch.randn(2, H, 64, 64, device=DEV)
     pin_config(name, index)
     try:
         ours = fwd_bwd(chunk_kda_triton, x, cu, do, dht, True)

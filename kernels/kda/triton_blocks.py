@@ -1,6 +1,6 @@
 """Tile helpers shared by the chunk kernels: 16-row loads and stores inside a 64-token chunk, the
-exactly-decayed 16 x 16 blocks of the intra-chunk matrices, and the gate's softplus (also used by
-the recurrent decoder).
+exactly-decayed 16 x 16 blocks left of the diagonal of the intra-chunk matrices, the inverse of
+I + Akk, and the gate's softplus (also used by the recurrent decoder).
 
 Rows are tokens of one chunk starting at absolute token t0 (packed token axis); `L` is the number of
 valid rows of the chunk (the last chunk of a sequence can be short). Tensors are token-major:
@@ -9,9 +9,8 @@ element (token t, head h, channel d) of an [*, H, D] tensor sits at (t * H + h) 
 Decay and overflow: exp(G_i - G_j) for j <= i is at most 1, but exp(G_i) or exp(-G_j) alone can
 overflow within a chunk when decays are strong. Entries left of a diagonal block (row i in block I,
 column j before it) split the exponent at the first row r of block I: exp(G_i - G_r) <= 1 and
-exp(G_r - G_j) <= 1. Inside a diagonal block the same split works level by level (`halving_level`):
-the pairs (i, j) that a segment's middle row m separates (j < m <= i) are exact with reference row m,
-and halving the segments from 16 rows down to 2 reaches every pair below the diagonal once.
+exp(G_r - G_j) <= 1. Inside a diagonal block the forward takes each pair's own exp(G_i - G_j)
+(triton_chunk_fwd._fwd_diag_kernel), as the backward intra kernel does.
 """
 import triton
 import triton.language as tl
@@ -41,13 +40,7 @@ def ld_rows(base, t0, r0, L, i_h, H, D: tl.constexpr, BD: tl.constexpr):
 @triton.jit
 def ld_rows_at(base, t0, r0, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
     """[16, BC] float32 tile: rows r0..r0+15, columns c0..c0+BC-1, zero past L or past D."""
-    return ld_rows_of(base, t0, r0 + tl.arange(0, 16), L, i_h, H, D, c0, BC)
-
-
-@triton.jit
-def ld_rows_of(base, t0, rows, L, i_h, H, D: tl.constexpr, c0, BC: tl.constexpr):
-    """[len(rows), BC] float32 tile: the chunk's rows `rows` (any order, repeats allowed), columns
-    c0..c0+BC-1, zero past L or past D."""
+    rows = r0 + tl.arange(0, 16)
     o_d = c0 + tl.arange(0, BC)
     m = (rows < L)[:, None] & (o_d < D)[None, :]
     p = base + ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * D + o_d[None, :]
@@ -168,54 +161,15 @@ def off_diag_blocks(qs, ks, G, t0, L, i_h, H, K: tl.constexpr, BC: tl.constexpr,
 
 
 @triton.jit
-def halving_level(G, t0, rI, L, i_h, H, K: tl.constexpr, c0, BC: tl.constexpr, GI, S: tl.constexpr):
-    """One level of a diagonal block's pairs: its 16 rows cut into segments of S rows, each split at
-    its middle row m. Returns (row [16, BC], col [16, BC], pair [16, 16]) with
-        row_i = e^(G_i - G_m) for rows i >= m of their segment, else 0   (at most 1)
-        col_j = e^(G_m - G_j) for rows j <  m of their segment, else 0   (at most 1)
-    so that row_i col_j = e^(G_i - G_j) exactly on the pairs this level separates (j < m <= i in one
-    segment) and 0 elsewhere in the segment; `pair` (same segment) masks what products across
-    segments would add. GI: the block's [16, BC] tile of G."""
-    r = tl.arange(0, 16)
-    mid = (r // S) * S + S // 2                                                   # each row's m
-    Gm = ld_rows_of(G, t0, rI + mid, L, i_h, H, K, c0, BC)                        # [16, BC]
-    row = tl.where(((r >= mid) & (rI + r < L))[:, None], tl.exp(GI - Gm), 0.)
-    col = tl.where(((r < mid) & (rI + mid < L))[:, None], tl.exp(Gm - GI), 0.)
-    pair = (r[:, None] // S) == (r[None, :] // S)
-    return row, col, pair
-
-
-@triton.jit
-def diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """Diagonal block I of Akk (strictly lower) and Aqk (lower, diagonal included), exactly decayed,
-    summed over channel blocks of BC: per halving level (segments of 16, 8, 4, 2 rows) one
-    [16, BC] x [BC, 16] product each, on factors that stay at most 1 (`halving_level`), and the
-    undecayed diagonal of Aqk. Returns two [16, 16] float32 blocks."""
-    r = tl.arange(0, 16)
-    Akk = tl.zeros([16, 16], dtype=tl.float32)
-    Aqk = tl.zeros([16, 16], dtype=tl.float32)
-    for c0 in range(0, K, BC):
-        GI = ld_rows_at(G, t0, rI, L, i_h, H, K, c0, BC)
-        kI = ld_rows_at(ks, t0, rI, L, i_h, H, K, c0, BC)
-        qI = ld_rows_at(qs, t0, rI, L, i_h, H, K, c0, BC)
-        Aqk += tl.where(r[:, None] == r[None, :], tl.sum(qI * kI, axis=1)[:, None], 0.)
-        for lvl in tl.static_range(4):
-            row, col, pair = halving_level(G, t0, rI, L, i_h, H, K, c0, BC, GI, 16 >> lvl)
-            kc = tl.trans(kI * col)                                                 # [BC, 16]
-            Akk += tl.where(pair, tl.dot(kI * row, kc, input_precision=PREC), 0.)
-            Aqk += tl.where(pair, tl.dot(qI * row, kc, input_precision=PREC), 0.)
-    return Akk, Aqk
-
-
-@triton.jit
-def unit_lower_inverse(A00, A10, A11, A20, A21, A22, A30, A31, A32, A33, PREC: tl.constexpr):
-    """T = (I + A)^-1 for a strictly lower-triangular 64 x 64 A given as its ten 16 x 16 blocks on and
-    below the diagonal: the diagonal blocks by substitution (`inv_unit_lower16`), then block forward
+def unit_lower_inverse(A_d, t0, L, i_h, H, A10, A20, A21, A30, A31, A32, PREC: tl.constexpr):
+    """T = (I + A)^-1 for a chunk's strictly lower-triangular 64 x 64 A: its four diagonal 16 x 16
+    blocks in memory (A_d, [NTOK, H, 16], zero on and above the diagonal), the six left of them in
+    registers. The diagonal blocks by substitution (`inv_unit_lower16`), then block forward
     substitution T_IJ = -T_II sum_k A_Ik T_kJ. Returns T00, T10, T11, T20, T21, T22, T30, T31, T32, T33."""
-    T00 = inv_unit_lower16(A00)
-    T11 = inv_unit_lower16(A11)
-    T22 = inv_unit_lower16(A22)
-    T33 = inv_unit_lower16(A33)
+    T00 = inv_unit_lower16(A_d, t0, 0, L, i_h, H)
+    T11 = inv_unit_lower16(A_d, t0, 16, L, i_h, H)
+    T22 = inv_unit_lower16(A_d, t0, 32, L, i_h, H)
+    T33 = inv_unit_lower16(A_d, t0, 48, L, i_h, H)
     T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
     T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
     T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
@@ -229,13 +183,15 @@ def unit_lower_inverse(A00, A10, A11, A20, A21, A22, A30, A31, A32, A33, PREC: t
 
 
 @triton.jit
-def inv_unit_lower16(A):
-    """(I + A)^-1 for a strictly lower-triangular [16, 16] A, by forward substitution:
-    row i of X is e_i - sum_{j<i} A[i, j] X[j]."""
+def inv_unit_lower16(A_d, t0, rI, L, i_h, H):
+    """(I + A)^-1 for the strictly lower [16, 16] diagonal block of rows rI.. of A_d (see
+    unit_lower_inverse), by forward substitution: row i of X is e_i - sum_{j<i} A[i, j] X[j], with
+    row i of A read from memory (a load, not a reduction over the register tile); rows past L are
+    identity rows."""
     r = tl.arange(0, 16)
     X = tl.where(r[:, None] == r[None, :], 1., 0.)
     for i in range(1, 16):
-        a = tl.sum(tl.where(r[:, None] == i, A, 0.), axis=0)                  # row i of A
+        a = tl.load(A_d + ((t0 + rI + i) * H + i_h).to(tl.int64) * 16 + r, mask=(rI + i < L) & (r < i), other=0.)
         new = tl.sum(a[:, None] * X, axis=0)                                    # a @ X
         X = tl.where(r[:, None] == i, tl.where(r == i, 1., 0.)[None, :] - new[None, :], X)
     return X

@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, left_factors,
-                            row_factors, softplus, st_halves, st_rows)
+from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
+                            st_halves, st_rows)
 from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -61,10 +61,13 @@ def _bwd_dv_local_kernel(
     _st_chunk(dv_local, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
 
 
-# 4 warps, BV 16 only: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at
-# the first launch of an 8-warp candidate (BV 16 or 32), in place or out of place, while that
-# candidate ran clean alone under compute-sanitizer; BV 32 spills 620 B on sm_90 (kda_static.py).
-@autotune([config(4, 2, BV=16), config(4, 1, BV=16), config(4, 3, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
+# 4 warps only: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at the
+# first launch of an 8-warp candidate (BV 16 or 32), in place or out of place, while that candidate
+# ran clean alone under compute-sanitizer. BV 32 and 64 spill 620 and 1400 B on sm_90 (kda_static.py)
+# but read the key-side tiles (kg, qg, w) 2 and 4 times less often than BV 16 (each V block of a head
+# reads them again): with many sequences x heads BV 32 won, 0.66 vs 1.04 ms (H200, 64 x 16).
+@autotune([config(4, 2, BV=16), config(4, 1, BV=16), config(4, 3, BV=16), config(4, 2, BV=32),
+           config(4, 1, BV=32), config(4, 2, BV=64)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
@@ -284,13 +287,17 @@ def _bwd_intra_kernel(
     # rows of block I from the blocks J < I:  dq_i = sum_j dP_ij k_j e^{G_i-G_j},  R_i = same with dA
     b_dq = tl.zeros([16, BC], dtype=tl.float32)
     b_R = tl.zeros([16, BC], dtype=tl.float32)
+    # (the decays are written out here, not through triton_blocks.row_factors / left_factors: with
+    # those helpers this kernel took 923 instead of 877 us on the H200, same run)
     if I > 0:
-        eI, Gr = row_factors(G, t0, rI, L, i_h, H, K, c0, BC)
+        Gr = ld_row_at(G, t0, rI, L, i_h, H, K, c0, BC)
         for J in range(0, I):
             rJ = J * 16
-            kJe = left_factors(k, G, t0, rJ, rI, L, i_h, H, K, c0, BC, Gr)
+            kJe = ld_rows_at(k, t0, rJ, L, i_h, H, K, c0, BC) * tl.exp(
+                Gr[None, :] - ld_rows_at(G, t0, rJ, L, i_h, H, K, c0, BC))
             b_dq += tl.dot(ld_cc(dP, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
             b_R += tl.dot(ld_cc(dA, t0, rI, rJ, L, i_h, H, 64), kJe, input_precision=PREC)
+        eI = tl.where(m_r[:, None], tl.exp(GI - Gr[None, :]), 0.)
         b_dq *= eI
         b_R *= eI
 
@@ -299,7 +306,8 @@ def _bwd_intra_kernel(
     for Ip in range(I + 1, tl.cdiv(L, 16)):
         rP = Ip * 16
         mP = (rP + r16) < L
-        eP, Grp = row_factors(G, t0, rP, L, i_h, H, K, c0, BC)
+        Grp = ld_row_at(G, t0, rP, L, i_h, H, K, c0, BC)
+        eP = tl.where(mP[:, None], tl.exp(ld_rows_at(G, t0, rP, L, i_h, H, K, c0, BC) - Grp[None, :]), 0.)
         bP = tl.load(beta + (t0 + rP + r16) * H + i_h, mask=mP, other=0.).to(tl.float32)
         kPe = ld_rows_at(k, t0, rP, L, i_h, H, K, c0, BC) * eP * bP[:, None]          # dM = beta_i dA
         qPe = ld_rows_at(q, t0, rP, L, i_h, H, K, c0, BC) * eP

@@ -3,11 +3,11 @@
 1. Everything that needs no state, in three kernels:
    `_fwd_gate_kernel` (chunk, head): the gate (optionally -exp(A_log) * softplus(x + dt_bias)), its
    chunk-local cumulative sum G, the optional L2 norm of q/k;
-   `_fwd_diag_kernel` (chunk, head, row block of 16) and `_fwd_solve_kernel` (chunk, head): the
-   intra-chunk matrices Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16
-   blocks with exact decays, summed over channel blocks, the diagonal blocks in the first, the six
-   left of the diagonal in the second, which then forms T = (I + Akk)^-1 by blockwise forward
-   substitution (of Akk, only the diagonal blocks go through memory).
+   `_fwd_diag_kernel` (token, head block) and `_fwd_solve_kernel` (chunk, head): the intra-chunk
+   matrices Akk (strictly lower, times beta) and Aqk (lower, times scale) as 16 x 16 blocks with
+   exact decays: the diagonal blocks row by row in the first (elementwise, float32), the six left of
+   the diagonal in the second (dots summed over channel blocks), which then forms T = (I + Akk)^-1 by
+   blockwise forward substitution (of Akk, only the diagonal blocks go through memory).
 2. `_fwd_wy_kernel`, one program per (chunk, head): the WY factors w = T (beta k exp(G)) and
    u = T (beta v) as 64 x 64 products over column blocks, and the pre-decayed qg = scale q exp(G) and
    kg = k exp(G_last - G) in the input dtype, so the sequential pass and the output read one
@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_blocks import (chunk_span, diag_blocks, ld_cc, ld_halves, ld_row_at, ld_rows, off_diag_blocks,
+from .triton_blocks import (chunk_span, ld_halves, ld_row_at, ld_rows, off_diag_blocks,
                             softplus, st_cc, st_halves, st_rows, unit_lower_inverse)
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
@@ -73,31 +73,51 @@ def _fwd_gate_kernel(
             st_rows(kn, b_k, t0, I * 16, L, i_h, H, K, BK)
 
 
-@autotune([config(1, 1, BC=16), config(1, 2, BC=16), config(2, 1, BC=16), config(2, 2, BC=16),
-           config(4, 1, BC=16)], key=["H", "K"])
+@autotune([config(4, 1, BH=8), config(1, 1, BH=2), config(2, 1, BH=4), config(2, 1, BH=8),
+           config(4, 1, BH=16)], key=["H", "K"])
 @triton.jit
 def _fwd_diag_kernel(
     qs, ks, G, beta,                  # qs, ks [NTOK, H, K] (normalised if so); G f32; beta [NTOK, H]
     Akk_d, Aqk,                       # out: Akk_d [NTOK, H, 16] f32 (the diagonal blocks); Aqk [NTOK, H, 64] f32
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
-    H, K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr,
+    H, K: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr,
 ):
-    """Per (chunk, head, row block I of 16): diagonal block I of Akk (strictly lower, times beta) and
-    of Aqk (lower, times scale), exactly decayed (`diag_blocks`), and Aqk's zeros right of it; the
-    blocks left of the diagonal are `_fwd_solve_kernel`'s."""
-    i_c, i_h, I = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Per (token r of a chunk, block of BH heads): row r of the chunk's diagonal 16 x 16 blocks of
+    Akk (strictly lower, times beta) and Aqk (lower, times scale), one earlier token j of r's block at
+    a time, with the exact decay e^(G_r - G_j) <= 1 in float32 (no dot: a row against at most 16
+    rows), and Aqk's zeros right of the block; the blocks left of the diagonal are `_fwd_solve_kernel`'s."""
+    i_cr, i_hb = tl.program_id(0), tl.program_id(1)
+    i_c, r = i_cr // 64, i_cr % 64
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
-    rI = I * 16
-    if rI < L:
-        rows = rI + tl.arange(0, 16)
-        b_beta = tl.load(beta + (t0 + rows) * H + i_h, mask=rows < L, other=0.).to(tl.float32)
-        A_d, P_d = diag_blocks(qs, ks, G, t0, rI, L, i_h, H, K, BC, PREC)
-        st_cc(Akk_d, A_d * b_beta[:, None], t0, rI, 0, L, i_h, H, 16)
-        st_cc(Aqk, P_d * scale, t0, rI, rI, L, i_h, H, 64)
-        cols = tl.arange(0, 64)
-        p = ((t0 + rows) * H + i_h).to(tl.int64)[:, None] * 64 + cols[None, :]    # [16, 64]
-        tl.store(Aqk + p, tl.zeros([16, 64], dtype=tl.float32), mask=(rows < L)[:, None] & (cols >= rI + 16)[None, :])
+    if r < L:
+        o_h = i_hb * BH + tl.arange(0, BH)
+        o_k = tl.arange(0, BK)
+        m_h = o_h < H
+        m_hk = m_h[:, None] & (o_k < K)[None, :]
+        row_r = ((t0 + r) * H + o_h).to(tl.int64)                                  # [BH] (token, head) rows
+        p_r = row_r[:, None] * K + o_k[None, :]                                   # [BH, BK]
+        q_r = tl.load(qs + p_r, mask=m_hk, other=0.).to(tl.float32)
+        k_r = tl.load(ks + p_r, mask=m_hk, other=0.).to(tl.float32)
+        G_r = tl.load(G + p_r, mask=m_hk, other=0.)
+        rs = (r // 16) * 16                                                       # r's block starts here
+        col = tl.arange(0, 16)
+        a_kk = tl.zeros([BH, 16], dtype=tl.float32)
+        a_qk = tl.zeros([BH, 16], dtype=tl.float32)
+        for j in range(rs, r + 1):
+            p_j = ((t0 + j) * H + o_h).to(tl.int64)[:, None] * K + o_k[None, :]
+            k_j = tl.load(ks + p_j, mask=m_hk, other=0.).to(tl.float32) \
+                * tl.exp(G_r - tl.load(G + p_j, mask=m_hk, other=0.))           # k_j e^(G_r - G_j)
+            at_j = (col == j - rs)[None, :]
+            a_kk = tl.where(at_j, tl.sum(k_r * k_j, axis=1)[:, None], a_kk)
+            a_qk = tl.where(at_j, tl.sum(q_r * k_j, axis=1)[:, None], a_qk)
+        b_r = tl.load(beta + row_r, mask=m_h, other=0.).to(tl.float32)
+        a_kk = tl.where((col < r - rs)[None, :], a_kk * b_r[:, None], 0.)          # strictly lower
+        tl.store(Akk_d + row_r[:, None] * 16 + col[None, :], a_kk, mask=m_h[:, None])
+        tl.store(Aqk + row_r[:, None] * 64 + rs + col[None, :], a_qk * scale, mask=m_h[:, None])
+        right = tl.arange(0, 64)
+        tl.store(Aqk + row_r[:, None] * 64 + right[None, :], tl.zeros([BH, 64], dtype=tl.float32),
+                 mask=m_h[:, None] & (right >= rs + 16)[None, :])
 
 
 @autotune([config(2, 2, BC=32), config(2, 3, BC=32), config(2, 2, BC=16), config(4, 2, BC=32)],
@@ -128,9 +148,7 @@ def _fwd_solve_kernel(
     st_cc(Aqk, P31 * scale, t0, 48, 16, L, i_h, H, 64)
     st_cc(Aqk, P32 * scale, t0, 48, 32, L, i_h, H, 64)
     T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = unit_lower_inverse(
-        ld_cc(Akk_d, t0, 0, 0, L, i_h, H, 16), A10 * b1, ld_cc(Akk_d, t0, 16, 0, L, i_h, H, 16),
-        A20 * b2, A21 * b2, ld_cc(Akk_d, t0, 32, 0, L, i_h, H, 16),
-        A30 * b3, A31 * b3, A32 * b3, ld_cc(Akk_d, t0, 48, 0, L, i_h, H, 16), PREC)
+        Akk_d, t0, L, i_h, H, A10 * b1, A20 * b2, A21 * b2, A30 * b3, A31 * b3, A32 * b3, PREC)
     zero = tl.zeros([16, 16], dtype=tl.float32)
     st_cc(Tm, T00, t0, 0, 0, L, i_h, H, 64)
     st_cc(Tm, zero, t0, 0, 16, L, i_h, H, 64)
@@ -171,8 +189,8 @@ def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     tl.store(p, x.to(base.dtype.element_ty), mask=(rows < L)[:, None] & m_d[None, :])
 
 
-@autotune([config(4, 2, BC=32), config(4, 3, BC=32), config(8, 2, BC=32), config(8, 1, BC=32),
-           config(4, 2, BC=16)], key=["H", "K", "V"])
+@autotune([config(4, 2, BC=32), config(4, 3, BC=32), config(4, 4, BC=32), config(8, 1, BC=32)],
+          key=["H", "K", "V"])
 @triton.jit
 def _fwd_wy_kernel(
     qs, ks, v, beta, G, Tm,           # qs, ks [NTOK,H,K] (L2-normalised if so); v [NTOK,H,V]; G f32; T [NTOK,H,64]
@@ -209,8 +227,8 @@ def _fwd_wy_kernel(
         _st_chunk(u, tl.dot(b_T, b_Y, input_precision=PREC), t0, L, i_h, H, V, o_d, m_d)
 
 
-@autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(4, 2, BV=16), config(8, 2, BV=16),
-           config(8, 2, BV=64)], key=["H", "K", "V", "NH_BUCKET"])
+@autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(4, 2, BV=16), config(8, 4, BV=32),
+           config(8, 2, BV=64), config(4, 3, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _fwd_state_kernel(
     kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
@@ -320,8 +338,8 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
         HAS_DT_BIAS=dt_bias is not None, num_warps=4, num_stages=1,
     )
     Akk_d = torch.empty(1, NTOK, H, 16, **f32)
-    _fwd_diag_kernel[(NC, H, CHUNK // 16)](
-        qn, kn, G, beta, Akk_d, Aqk, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
+    _fwd_diag_kernel[lambda meta: (NC * CHUNK, triton.cdiv(H, meta["BH"]))](
+        qn, kn, G, beta, Akk_d, Aqk, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, BK=BK,
     )
     _fwd_solve_kernel[(NC, H)](
         qn, kn, G, beta, Akk_d, Aqk, Tm, cu_seqlens, chunk_seq, chunk_pos, scale, H=H, K=K, PREC=prec,
