@@ -78,10 +78,12 @@ def kernels(dtype):
     diag_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     solve_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    state_ptrs = {**ptr("kg w h", x), **ptr("u G v_new h0 ht", f32), **ptr("cu_seqlens chunk_offsets", i32)}
+    desc = f"tensordesc<{dtype}[64, 1, 64]>"                     # triton_chunk_fwd.tile_desc
+    state_ptrs = {**ptr("kg w", desc), **ptr("h", x), **ptr("u G v_new h0 ht", f32),
+                  **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o h", x), **ptr("v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     dvl_ptrs = {**ptr("do", x), **ptr("Aqk dv_local", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    bstate_ptrs = {**ptr("qg kg w do dh", x), **ptr("G dv_local dv_new dht dh0", f32),
+    bstate_ptrs = {**ptr("qg kg w", desc), **ptr("do dh", x), **ptr("G dv_local dv_new dht dh0", f32),
                    **ptr("cu_seqlens chunk_offsets", i32)}
     inter_k_ptrs = {**ptr("q k beta do h dh", x), **ptr("G Tm v_new dv_new dq_p dk_p dG_p dT_p dbeta_kp", f32),
                     **ptr("cu_seqlens chunk_seq chunk_pos", i32)}

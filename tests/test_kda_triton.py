@@ -200,6 +200,12 @@ def test_chunk_triton_rejects_more_than_128_key_channels():
         chunk_kda_triton(**x)
 
 
+def test_chunk_triton_rejects_key_channels_not_a_multiple_of_8():
+    x, _ = make_inputs(1, 4, 1, 20, 16, None, True, False)
+    with pytest.raises(ValueError, match="multiple of 8 .* got K = 20"):
+        chunk_kda_triton(**x)
+
+
 def test_chunk_triton_strong_decay_is_finite():
     """Per-channel decays down to exp(-30) per token: the 16-row split keeps every exp <= 1."""
     x, cu = make_inputs(1, 96, 1, 16, 16, None, True, False)

@@ -73,6 +73,9 @@ def chunk_kda_triton(q, k, v, g, beta, scale=None, initial_state=None, output_fi
         raise ValueError("the Triton path takes fp32/bf16/fp16; use chunk_kda_torch for float64")
     if q.shape[-1] > 128:
         raise ValueError(f"the Triton state passes hold K <= 128 channels (two halves of 64), got K = {q.shape[-1]}")
+    if q.shape[-1] % 8:
+        raise ValueError(f"the Triton state passes read key tiles through TMA descriptors, which need K a "
+                         f"multiple of 8 (16-byte rows), got K = {q.shape[-1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return ChunkKDAFunction.apply(q, k, v, g, beta, A_log, dt_bias, scale, initial_state,
                                   output_final_state, cu_seqlens, use_qk_l2norm_in_kernel,

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from .triton_blocks import (chunk_span, ld_cc, ld_halves, ld_row_at, ld_rows, ld_rows_at, softplus,
                             st_halves, st_rows)
-from .triton_chunk_fwd import _ld_chunk, _ld_tile, _st_chunk
+from .triton_chunk_fwd import _ld_chunk, _ld_desc, _ld_tile, _st_chunk, tile_desc
 from .triton_utils import CHUNK, autotune, config, dot_dtype, dot_precision, next_pow2, size_bucket, state_dtype
 
 BC_MIN = 16          # the smallest channel block among `_bwd_intra_kernel`'s candidates
@@ -63,14 +63,15 @@ def _bwd_dv_local_kernel(
 
 # 4 warps only: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at the
 # first launch of an 8-warp candidate (BV 16 or 32), in place or out of place, while that candidate
-# ran clean alone under compute-sanitizer. BV 32 and 64 spill 620 and 1400 B on sm_90 (kda_static.py)
-# but read the key-side tiles (kg, qg, w) 2 and 4 times less often than BV 16 (each V block of a head
-# reads them again): with many sequences x heads BV 32 won, 0.66 vs 1.04 ms (H200, 64 x 16).
-@autotune([config(4, 2, BV=16), config(4, 1, BV=16), config(4, 3, BV=16), config(4, 2, BV=32),
-           config(4, 1, BV=32), config(4, 2, BV=64)], key=["H", "K", "V", "NH_BUCKET"])
+# ran clean alone under compute-sanitizer (before its tiles came through TMA descriptors). BV 32 spills
+# 256 B on sm_90 (kda_static.py) but reads the key-side tiles (kg, qg, w) half as often as BV 16 (each
+# V block of a head reads them again): with many sequences x heads it won, 0.66 vs 1.04 ms (H200, 64 x 16,
+# pointer loads).
+@autotune([config(4, 2, BV=16), config(4, 3, BV=16), config(4, 4, BV=16), config(4, 2, BV=32),
+           config(4, 3, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
-    qg, kg, w, G, do,                 # qg, kg, w [NTOK,H,K] (forward's, input dtype); G f32; do [NTOK,H,V]
+    qg, kg, w, G, do,                 # qg, kg, w: tile_desc of the forward's [NTOK,H,K]; G f32; do [NTOK,H,V]
     dv_local, dh, dv_new, dht, dh0,   # dv_local = Aqk^T do [NTOK,H,V] f32; out dh [NC,H,K,V] (state_dtype), dv_new = dv_local + kg dh
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
@@ -90,6 +91,7 @@ def _bwd_state_kernel(
     p_a, p_b = o_a[:, None] * V + o_v[None, :], o_b[:, None] * V + o_v[None, :]
     m_av, m_bv = m_a[:, None] & m_v[None, :], m_b[:, None] & m_v[None, :]
 
+    rows = tl.arange(0, 64)
     dS_a = tl.zeros([64, BV], dtype=tl.float32)                  # gradient of the state leaving the chunk
     dS_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_DHT:
@@ -103,22 +105,23 @@ def _bwd_state_kernel(
         tl.store(p_dh + p_a, dS_a.to(dh.dtype.element_ty), mask=m_av)
         # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; dv_new stays fp32
         b_dvn = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v)               # [64, BV]
-        b_dvn += tl.dot(_ld_tile(kg, t0, L, i_h, H, K, o_a, m_a).to(DOT), dS_a.to(DOT), input_precision=PREC)
+        b_dvn += tl.dot(_ld_desc(kg, t0, i_h, 0).to(DOT), dS_a.to(DOT), input_precision=PREC)
         if K > 64:
             tl.store(p_dh + p_b, dS_b.to(dh.dtype.element_ty), mask=m_bv)
-            b_dvn += tl.dot(_ld_tile(kg, t0, L, i_h, H, K, o_b, m_b).to(DOT), dS_b.to(DOT), input_precision=PREC)
+            b_dvn += tl.dot(_ld_desc(kg, t0, i_h, 64).to(DOT), dS_b.to(DOT), input_precision=PREC)
+        b_dvn = tl.where((rows < L)[:, None], b_dvn, 0.)                       # (kg past L: next sequence)
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
         b_dvn = b_dvn.to(DOT)
-        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)                # [64, BV]
+        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)                # [64, BV], zero past L
         G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)
-        b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_a, m_a).to(DOT)                # scale q exp(G)
-        b_w = _ld_tile(w, t0, L, i_h, H, K, o_a, m_a).to(DOT)
+        b_qg = _ld_desc(qg, t0, i_h, 0).to(DOT)                                 # scale q exp(G)
+        b_w = _ld_desc(w, t0, i_h, 0).to(DOT)
         dS_a = (dS_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
                 - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
         if K > 64:
             G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
-            b_qg = _ld_tile(qg, t0, L, i_h, H, K, o_b, m_b).to(DOT)
-            b_w = _ld_tile(w, t0, L, i_h, H, K, o_b, m_b).to(DOT)
+            b_qg = _ld_desc(qg, t0, i_h, 64).to(DOT)
+            b_w = _ld_desc(w, t0, i_h, 64).to(DOT)
             dS_b = (dS_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
                     - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
     if STORE_DH0:
@@ -440,7 +443,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         Aqk, do, dv_local, cu_seqlens, chunk_seq, chunk_pos, H=H, V=V, PREC=prec, DOT=dot_dtype(q.dtype),
     )
     _bwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        qg, kg, w, G, do, dv_local, dh, dv_new, dht, dh0,
+        tile_desc(qg), tile_desc(kg), tile_desc(w), G, do, dv_local, dh, dv_new, dht, dh0,
         cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V, HAS_DHT=True, STORE_DH0=True, PREC=prec,
         DOT=dot_dtype(q.dtype),

@@ -27,6 +27,7 @@ All tensors are on a packed token axis (a dense batch is B sequences of T tokens
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .triton_blocks import (chunk_span, ld_halves, ld_row_at, ld_rows, off_diag_blocks,
                             softplus, st_cc, st_halves, st_rows, unit_lower_inverse)
@@ -182,6 +183,24 @@ def _ld_tile(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     return tl.load(p, mask=(rows < L)[:, None] & m_d[None, :], other=0.)
 
 
+def tile_desc(x):
+    """A TMA descriptor of a token-major [1, NTOK, H, D] tensor for [64 tokens, 64 channels] tiles of one
+    head (`_ld_desc`); tokens past NTOK and channels past D read as zero. Needs D * itemsize to be a
+    multiple of 16 bytes (checked in triton_autograd)."""
+    _, NTOK, H, D = x.shape
+    return TensorDescriptor(x.view(NTOK, H, D), [NTOK, H, D], [H * D, D, 1], [64, 1, 64])
+
+
+@triton.jit
+def _ld_desc(desc, t0, i_h, c0):
+    """[64, 64] tile (tokens t0.., channels c0..) of head i_h through a TMA descriptor (`tile_desc`).
+    In the sequential state loops Triton pipelines these copies across iterations; the same tiles
+    through pointer loads went through registers, one iteration at a time. Unlike the masked pointer
+    loads, rows past the sequence's end hold the next sequence's tokens: the caller multiplies them
+    by zeros."""
+    return desc.load([t0.to(tl.int32), i_h, c0]).reshape(64, 64)
+
+
 @triton.jit
 def _st_chunk(base, x, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
     rows = tl.arange(0, 64)
@@ -228,10 +247,10 @@ def _fwd_wy_kernel(
 
 
 @autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(4, 2, BV=16), config(8, 4, BV=32),
-           config(8, 2, BV=64), config(4, 3, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
+           config(8, 2, BV=64), config(4, 3, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _fwd_state_kernel(
-    kg, w, u, G,                      # kg, w [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G [NTOK, H, K] f32
+    kg, w, u, G,                      # kg, w: tile_desc of [NTOK, H, K] (input dtype); u [NTOK, H, V] f32; G f32
     h, v_new, h0, ht,                 # h [NC, H, K, V] (state_dtype); v_new [NTOK, H, V]; h0, ht [N, H, K, V] f32
     cu_seqlens, chunk_offsets,
     H, NH_BUCKET, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
@@ -252,6 +271,7 @@ def _fwd_state_kernel(
     p_a, p_b = o_a[:, None] * V + o_v[None, :], o_b[:, None] * V + o_v[None, :]
     m_av, m_bv = m_a[:, None] & m_v[None, :], m_b[:, None] & m_v[None, :]
 
+    rows = tl.arange(0, 64)
     S_a = tl.zeros([64, BV], dtype=tl.float32)                                  # state entering the chunk
     S_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_H0:
@@ -264,18 +284,19 @@ def _fwd_state_kernel(
         tl.store(p_h + p_a, S_a.to(h.dtype.element_ty), mask=m_av)
         # dot operands in DOT (bf16 for bf16 inputs); u, v_new and S stay float32
         b_vn = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
-        b_vn -= tl.dot(_ld_tile(w, t0, L, i_h, H, K, o_a, m_a).to(DOT), S_a.to(DOT), input_precision=PREC)
+        b_vn -= tl.dot(_ld_desc(w, t0, i_h, 0).to(DOT), S_a.to(DOT), input_precision=PREC)
         if K > 64:
             tl.store(p_h + p_b, S_b.to(h.dtype.element_ty), mask=m_bv)
-            b_vn -= tl.dot(_ld_tile(w, t0, L, i_h, H, K, o_b, m_b).to(DOT), S_b.to(DOT), input_precision=PREC)
+            b_vn -= tl.dot(_ld_desc(w, t0, i_h, 64).to(DOT), S_b.to(DOT), input_precision=PREC)
+        b_vn = tl.where((rows < L)[:, None], b_vn, 0.)                           # (w past L: next sequence)
         _st_chunk(v_new, b_vn, t0, L, i_h, H, V, o_v, m_v)
         b_vn = b_vn.to(DOT)
         G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)                         # [64]
-        b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_a, m_a).to(DOT)                    # [64 tokens, 64]
+        b_kg = _ld_desc(kg, t0, i_h, 0).to(DOT)                                    # [64 tokens, 64]
         S_a = S_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
         if K > 64:
             G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
-            b_kg = _ld_tile(kg, t0, L, i_h, H, K, o_b, m_b).to(DOT)
+            b_kg = _ld_desc(kg, t0, i_h, 64).to(DOT)
             S_b = S_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
     if STORE_HT:
         st_halves(ht + (i_n * H + i_h) * K * V, S_a, S_b, p_a, p_b, m_av, m_bv, K)
@@ -356,7 +377,7 @@ def chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     h0 = initial_state if initial_state is not None else torch.zeros(N, H, K, V, **f32)
     ht = torch.empty(N, H, K, V, **f32)
     _fwd_state_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), N * H)](
-        kg, w, u, G, h, v_new, h0, ht,
+        tile_desc(kg), tile_desc(w), u, G, h, v_new, h0, ht,
         cu_seqlens, chunk_offsets,
         H=H, NH_BUCKET=size_bucket(N * H), K=K, V=V,
         HAS_H0=True, STORE_HT=True, PREC=prec, DOT=dot_dtype(q.dtype),

@@ -130,6 +130,8 @@ CASES = [dict(B=2, T=T, H=2, K=128, V=128, with_h0=h0) for T in (1, 63, 64, 65, 
     dict(B=1, T=4000, H=2, K=128, V=128, n_seqs=64, with_h0=True),
     dict(B=1, T=4000, H=2, K=128, V=128, n_seqs=64, with_h0=False),
     dict(B=2, T=200, H=2, K=128, V=128, with_h0=True, gate=True),
+    dict(B=2, T=150, H=2, K=64, V=64, with_h0=True),            # K < 128: one state half, TMA tiles
+    dict(B=1, T=300, H=3, K=32, V=48, n_seqs=5, with_h0=True),  # K < the 64-channel tile, V != K
 ]
 
 
