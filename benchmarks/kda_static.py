@@ -106,7 +106,7 @@ def kernels(dtype):
         ("fwd output", fwd._fwd_output_kernel, out_ptrs, dict(base, **dot)),
         ("bwd dv local", bwd._bwd_dv_local_kernel, dvl_ptrs, dict(V=V, PREC=prec, **dot)),
         ("bwd state", bwd._bwd_state_kernel, bstate_ptrs, dict(kv, **dot, HAS_DHT=True, STORE_DH0=True)),
-        ("bwd inter key", bwd._bwd_inter_key_kernel, inter_k_ptrs, dict(kv, BC=bwd.INTER_BC)),
+        ("bwd inter key", bwd._bwd_inter_key_kernel, inter_k_ptrs, dict(kv, **dot, BC=bwd.INTER_BC)),
         ("bwd inter value", bwd._bwd_inter_value_kernel, inter_v_ptrs, dict(V=V, PREC=prec)),
         ("bwd intra", bwd._bwd_intra_kernel, bintra_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, PREC=prec)),
         ("bwd dg", bwd._bwd_dg_kernel, dg_ptrs, dict(K=K, BC_MIN=bwd.BC_MIN, USE_GATE=True, HAS_DT_BIAS=True)),

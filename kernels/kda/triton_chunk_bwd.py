@@ -137,12 +137,13 @@ def _bwd_inter_key_kernel(
     cu_seqlens, chunk_seq, chunk_pos,
     scale,
     NTOK, H, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, BC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """Per (chunk, head, channel block of BC): the key-side contractions over V, then the block's
     decay terms, and its shares of dT (d(T X) X^T) and dbeta for `_bwd_inter_value_kernel` to add.
     Dot operands in fp32 (tf32 dots for half inputs): with the input's half type dbeta went over the
-    bf16 bound on the H200 (docs/kernels.md)."""
+    bf16 bound on the H200 (docs/kernels.md). The exception is dqg = do h^T, whose operands are both
+    stored in the input's half type: a tf32 dot reproduces them exactly, so DOT gives the same sums."""
     i_c, i_h, i_cb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, L = chunk_span(cu_seqlens, chunk_seq, chunk_pos, i_c)
     o_c = tl.arange(0, 64)
@@ -163,12 +164,13 @@ def _bwd_inter_key_kernel(
         o_v = v0 + tl.arange(0, BV)
         m_v = o_v < V
         m_kv = m_k[:, None] & m_v[None, :]
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
+        h_in = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.)     # state_dtype
+        b_h = h_in.to(tl.float32)
         b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.).to(tl.float32)
-        b_do = _ld_chunk(do, t0, L, i_h, H, V, o_v, m_v)
+        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
         b_dvn = _ld_chunk(dv_new, t0, L, i_h, H, V, o_v, m_v)
         b_vn = _ld_chunk(v_new, t0, L, i_h, H, V, o_v, m_v)
-        dqg += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        dqg += tl.dot(b_do, tl.trans(h_in.to(DOT)), input_precision=PREC)
         dwy -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
         dkg += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         dGl += tl.sum(b_h * b_dh, axis=1)
@@ -465,6 +467,7 @@ def chunk_kda_bwd(do, dht, q, k, v, g, beta, scale, initial_state, cu_seqlens, t
         dq_p, dk_p, dG_p, dT_p, dbeta_kp,
         cu_seqlens, chunk_seq, chunk_pos, scale,
         NTOK=NTOK, H=H, K=K, V=V, BC=INTER_BC, PREC=prec,
+        DOT=dot_dtype(q.dtype) if do.dtype == q.dtype else tl.float32,       # do h^T exact in DOT
     )
     _bwd_inter_value_kernel[(NC, H)](
         v, beta, Tm, v_new, do, dv_new, dT_p, dbeta_kp,
