@@ -18,8 +18,16 @@ class KDAState:
 
 @dataclass
 class MLAState:
-    latent: torch.Tensor        # [B, L, kv_lora_rank]
-    k_pe: torch.Tensor          # [B, L, qk_rope_head_dim]
+    """An MLA layer's history in buffers with room to grow: positions [0, length) are live, so a decode
+    step writes its token in place instead of copying the history (which at long context is most of
+    the cache: a copy per step was the embedded engine's cost and held a layer twice)."""
+    latent: torch.Tensor        # [B, capacity, kv_lora_rank]
+    k_pe: torch.Tensor          # [B, capacity, qk_rope_head_dim]
+    length: int
+
+    def live(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history, [B, length, ...] views of the buffers."""
+        return self.latent[:, :self.length], self.k_pe[:, :self.length]
 
 
 class KimiLinearCache:
@@ -45,13 +53,17 @@ class KimiLinearCache:
         self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=1)
 
     def update_mla(self, layer_idx, latent, k_pe):
-        """Append this step's latents and return the full history [B, L, ...] for attention."""
-        old = self.layers[layer_idx]
-        if old is not None:
-            latent = torch.cat([old.latent, latent], dim=1)
-            k_pe = torch.cat([old.k_pe, k_pe], dim=1)
-        self.layers[layer_idx] = MLAState(latent, k_pe)
-        return latent, k_pe
+        """Append this step's latents [B, n, ...] and return the full history [B, L, ...] for attention."""
+        old, n = self.layers[layer_idx], latent.shape[1]
+        if old is None:
+            state = MLAState(latent, k_pe, n)
+        else:
+            state = _with_room(old, old.length + n)
+            state.latent[:, old.length:old.length + n] = latent
+            state.k_pe[:, old.length:old.length + n] = k_pe
+            state.length = old.length + n
+        self.layers[layer_idx] = state
+        return state.live()
 
     def select(self, index: torch.Tensor) -> "KimiLinearCache":
         """Keep (or repeat / reorder) the sequences at `index`, in place; returns self. Leading positions
@@ -62,7 +74,7 @@ class KimiLinearCache:
             if isinstance(state, KDAState):
                 self.layers[i] = KDAState(state.conv[index], state.recurrent[index])
             elif isinstance(state, MLAState):
-                self.layers[i] = MLAState(state.latent[index, first:], state.k_pe[index, first:])
+                self.layers[i] = _regroup([(state, index)], state.length - first, state.latent.shape[1] - first)
         self.valid = valid[:, first:]
         return self
 
@@ -77,8 +89,7 @@ class KimiLinearCache:
             if isinstance(a, KDAState):
                 self.layers[i] = KDAState(torch.cat([a.conv, b.conv]), torch.cat([a.recurrent, b.recurrent]))
             elif isinstance(a, MLAState):
-                self.layers[i] = MLAState(torch.cat([_left_pad(a.latent, length), _left_pad(b.latent, length)]),
-                                          torch.cat([_left_pad(a.k_pe, length), _left_pad(b.k_pe, length)]))
+                self.layers[i] = _regroup([(a, None), (b, None)], length, _roomy(length))
         self.valid = torch.cat([_left_pad(self.valid, length), _left_pad(other.valid, length)])
         return self
 
@@ -87,18 +98,51 @@ class KimiLinearCache:
 
     # --- memory --------------------------------------------------------------------------------
     def nbytes(self) -> int:
-        """Bytes held by every state tensor of the batch."""
+        """Bytes of every state of the batch (the MLA histories' live part; their buffers' spare room,
+        at most an eighth more, is not counted)."""
         tensors = []
         for state in self.layers:
             if isinstance(state, KDAState):
                 tensors += [state.conv, state.recurrent]
             elif isinstance(state, MLAState):
-                tensors += [state.latent, state.k_pe]
+                tensors += list(state.live())
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def nbytes_per_sequence(self) -> int:
         """Bytes of cache one sequence holds at the current length (the batch's average)."""
         return self.nbytes() // max(self.batch_size, 1)
+
+
+def _roomy(length: int) -> int:
+    """Capacity for a history of `length` tokens that has to grow: an eighth more (at least 16), so
+    regrowing copies the history once per eighth of its length, not once per token."""
+    return length + max(length // 8, 16)
+
+
+def _with_room(state: MLAState, needed: int) -> MLAState:
+    """`state` if its buffers hold `needed` tokens, else a copy into larger ones."""
+    if needed <= state.latent.shape[1]:
+        return state
+    return _regroup([(state, None)], state.length, _roomy(needed))
+
+
+def _regroup(parts, length: int, capacity: int) -> MLAState:
+    """One MLAState of `capacity` from the rows `index` (None: all, in order) of each (state, index)
+    part, stacked in order; each row keeps its last `length` tokens and shorter histories are
+    left-padded with zeros (masked positions: MLA attention here ignores position)."""
+    first = parts[0][0]
+    rows = sum(s.latent.shape[0] if index is None else len(index) for s, index in parts)
+    latent = first.latent.new_zeros(rows, capacity, first.latent.shape[2])
+    k_pe = first.k_pe.new_zeros(rows, capacity, first.k_pe.shape[2])
+    r = 0
+    for state, index in parts:
+        keep = min(state.length, length)
+        for src, dst in ((state.latent, latent), (state.k_pe, k_pe)):
+            src = src[:, state.length - keep:state.length]
+            src = src if index is None else src[index]
+            dst[r:r + src.shape[0], length - keep:length] = src
+        r += src.shape[0]
+    return MLAState(latent, k_pe, length)
 
 
 def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -40,6 +40,27 @@ def test_step_by_step_decoding_matches_full_forward():
 
 
 @torch.no_grad()
+def test_mla_history_grows_in_place_between_regrowths():
+    """A decode step writes its MLA latents into the history's spare room; the buffers are reallocated
+    only when full (an eighth more each time), and the logits still match the full forward."""
+    from model.cache import MLAState
+    model = hybrid_model()
+    ids = torch.randint(4, 128, (2, 200))
+    full = model(ids).logits
+    cache = KimiLinearCache(model.config)
+    steps = [model(ids[:, :100], past_key_values=cache, use_cache=True).logits]
+    mla = next(i for i, state in enumerate(cache.layers) if isinstance(state, MLAState))
+    reallocations = 0
+    for t in range(100, 200):
+        before = cache.layers[mla].latent.data_ptr()
+        steps.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+        reallocations += cache.layers[mla].latent.data_ptr() != before
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
+    assert 1 <= reallocations <= 8                  # 100 -> 200 tokens: 6 regrowths, not 100 copies
+    assert cache.layers[mla].length == 200
+
+
+@torch.no_grad()
 def test_left_padded_batch_decodes_like_each_prompt_alone():
     model = hybrid_model()
     prompts = [torch.randint(4, 128, (n,)) for n in (5, 11, 8)]
