@@ -40,7 +40,7 @@ def errors_of(impls, case, dtype, seed):
         res = run_impl(fn, x, cu, do, dht, gate)
         errs = {n: rel(res[n], ref[n]) for n in ref if res.get(n) is not None}
         if gate:        # the gate-parameter sums are judged against the size of their terms
-            errs.update({n: e for n, e in gate_sum_errors(res, ref, x).items()})
+            errs.update(gate_sum_errors(res, ref, x))
         out[name] = errs
     return out
 
@@ -61,8 +61,7 @@ def main():
     case = CASES[args.case]
     impls = {"ours": ours}
     for name, root in parse_baselines(args.baseline).items():
-        base = load_baseline(root, name)
-        impls[name] = lambda base=base, **kw: base(**kw)
+        impls[name] = load_baseline(root, name)
     if get_fla() is not None and not case.get("gate"):        # fla's gate arguments differ from ours
         impls["fla"] = fla_impl
     runs = [errors_of(impls, case, dtype, seed) for seed in range(args.runs)]

@@ -131,17 +131,16 @@ def _regroup(parts, length: int, capacity: int) -> MLAState:
     part, stacked in order; each row keeps its last `length` tokens and shorter histories are
     left-padded with zeros (masked positions: MLA attention here ignores position)."""
     first = parts[0][0]
-    rows = sum(s.latent.shape[0] if index is None else len(index) for s, index in parts)
-    latent = first.latent.new_zeros(rows, capacity, first.latent.shape[2])
-    k_pe = first.k_pe.new_zeros(rows, capacity, first.k_pe.shape[2])
+    sizes = [state.latent.shape[0] if index is None else len(index) for state, index in parts]
+    latent = first.latent.new_zeros(sum(sizes), capacity, first.latent.shape[2])
+    k_pe = first.k_pe.new_zeros(sum(sizes), capacity, first.k_pe.shape[2])
     r = 0
-    for state, index in parts:
+    for (state, index), n in zip(parts, sizes):
         keep = min(state.length, length)
         for src, dst in ((state.latent, latent), (state.k_pe, k_pe)):
             src = src[:, state.length - keep:state.length]
-            src = src if index is None else src[index]
-            dst[r:r + src.shape[0], length - keep:length] = src
-        r += src.shape[0]
+            dst[r:r + n, length - keep:length] = src if index is None else src[index]
+        r += n
     return MLAState(latent, k_pe, length)
 
 
