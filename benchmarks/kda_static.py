@@ -78,7 +78,7 @@ def kernels(dtype):
     diag_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     solve_ptrs = {**ptr("qs ks beta", x), **ptr("G Akk_d Aqk Tm", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
     wy_ptrs = {**ptr("qs ks v beta w qg kg", x), **ptr("G Tm u", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}
-    desc = f"tensordesc<{dtype}[64, 1, 64]>"                     # triton_chunk_fwd.tile_desc
+    desc = f"tensordesc<{dtype}[64, 64]>"                     # triton_chunk_fwd.tile_desc
     state_ptrs = {**ptr("kg w", desc), **ptr("h", x), **ptr("u G v_new h0 ht", f32),
                   **ptr("cu_seqlens chunk_offsets", i32)}
     out_ptrs = {**ptr("qg o h", x), **ptr("v_new Aqk", f32), **ptr("cu_seqlens chunk_seq chunk_pos", i32)}

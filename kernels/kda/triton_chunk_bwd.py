@@ -61,14 +61,28 @@ def _bwd_dv_local_kernel(
     _st_chunk(dv_local, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), t0, L, i_h, H, V, o_v, m_v)
 
 
-# 4 warps only: on an H200 (Triton 3.6) tuning this kernel faulted with an illegal address at the
-# first launch of an 8-warp candidate (BV 16 or 32), in place or out of place, while that candidate
-# ran clean alone under compute-sanitizer (before its tiles came through TMA descriptors). BV 32 spills
-# 256 B on sm_90 (kda_static.py) but reads the key-side tiles (kg, qg, w) half as often as BV 16 (each
-# V block of a head reads them again): the autotuner picked it at the packed batch of 64 x 16 sequence-heads
-# (its own timings, H200, pointer loads: 0.66 vs 1.04 ms), where fwd+bwd went 11.49 -> 10.94 ms.
+@triton.jit
+def _bwd_state_inputs(dv_local, do, G, bos, eos, i, i_h, H, K: tl.constexpr, V: tl.constexpr, o_v, m_v,
+                      DOT: tl.constexpr):
+    """Chunk i's pointer-loaded inputs of `_bwd_state_kernel`: dv_local [64, BV] f32, do [64, BV] (zero
+    past the sequence's end) and the two halves of G's last row (the chunk's decay)."""
+    t0 = bos + i * 64
+    L = tl.minimum(eos - t0, 64).to(tl.int32)
+    b_dvl = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v)
+    b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)
+    G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)
+    G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
+    return b_dvl, b_do, G_a, G_b
+
+
+# BV 32 spills on sm_90 with 4 warps (kda_static.py) but reads the key-side tiles (kg, qg, w) half as
+# often as BV 16 (each V block of a head reads them again): the autotuner picks it at the packed batch
+# of 64 x 16 sequence-heads (its own timings, H200: 0.54 vs 0.76 ms). One 8-warp candidate: before the
+# key tiles came through TMA descriptors, tuning faulted at the first launch of an 8-warp candidate on
+# an H200 (Triton 3.6); with them, both 8-warp BV 32 candidates ran clean, each in a process of its own
+# and under the autotuner, and 3 stages won at H = 32 (154 vs 162 us; 2 stages won nowhere).
 @autotune([config(4, 2, BV=16), config(4, 3, BV=16), config(4, 4, BV=16), config(4, 2, BV=32),
-           config(4, 3, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
+           config(4, 3, BV=32), config(8, 3, BV=32)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
 def _bwd_state_kernel(
     qg, kg, w, G, do,                 # qg, kg, w: tile_desc of the forward's [NTOK,H,K]; G f32; do [NTOK,H,V]
@@ -96,34 +110,35 @@ def _bwd_state_kernel(
     dS_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_DHT:
         dS_a, dS_b = ld_halves(dht + (i_n * H + i_h) * K * V, p_a, p_b, m_av, m_bv, K)
+    # the pointer loads of a chunk are issued one step ahead (the TMA tiles are pipelined by Triton):
+    # each step is a chain of dependent dots, and a load waited for inside it stalls the whole step
+    b_dvl, b_do, G_a, G_b = _bwd_state_inputs(dv_local, do, G, bos, eos, n_chunks - 1, i_h, H, K, V, o_v, m_v, DOT)
     for j in range(0, n_chunks):
         i = n_chunks - 1 - j
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
+        nxt = _bwd_state_inputs(dv_local, do, G, bos, eos, tl.maximum(i - 1, 0), i_h, H, K, V, o_v, m_v, DOT)
         # each half stored just before its dot (storing both first raises spills on sm_90)
         p_dh = dh + ((c0 + i) * H + i_h) * K * V
         tl.store(p_dh + p_a, dS_a.to(dh.dtype.element_ty), mask=m_av)
         # key-path operands in DOT (bf16 for bf16 inputs), as in the forward; dv_new stays fp32
-        b_dvn = _ld_chunk(dv_local, t0, L, i_h, H, V, o_v, m_v)               # [64, BV]
-        b_dvn += tl.dot(_ld_desc(kg, t0, i_h, 0).to(DOT), dS_a.to(DOT), input_precision=PREC)
+        b_dvn = b_dvl + tl.dot(_ld_desc(kg, t0, i_h, 0, K).to(DOT), dS_a.to(DOT), input_precision=PREC)
         if K > 64:
             tl.store(p_dh + p_b, dS_b.to(dh.dtype.element_ty), mask=m_bv)
-            b_dvn += tl.dot(_ld_desc(kg, t0, i_h, 64).to(DOT), dS_b.to(DOT), input_precision=PREC)
+            b_dvn += tl.dot(_ld_desc(kg, t0, i_h, 64, K).to(DOT), dS_b.to(DOT), input_precision=PREC)
         b_dvn = tl.where((rows < L)[:, None], b_dvn, 0.)                       # (kg past L: next sequence)
         _st_chunk(dv_new, b_dvn, t0, L, i_h, H, V, o_v, m_v)
         b_dvn = b_dvn.to(DOT)
-        b_do = _ld_tile(do, t0, L, i_h, H, V, o_v, m_v).to(DOT)                # [64, BV], zero past L
-        G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)
-        b_qg = _ld_desc(qg, t0, i_h, 0).to(DOT)                                 # scale q exp(G)
-        b_w = _ld_desc(w, t0, i_h, 0).to(DOT)
+        b_qg = _ld_desc(qg, t0, i_h, 0, K).to(DOT)                              # scale q exp(G)
+        b_w = _ld_desc(w, t0, i_h, 0, K).to(DOT)
         dS_a = (dS_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
                 - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
         if K > 64:
-            G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
-            b_qg = _ld_desc(qg, t0, i_h, 64).to(DOT)
-            b_w = _ld_desc(w, t0, i_h, 64).to(DOT)
+            b_qg = _ld_desc(qg, t0, i_h, 64, K).to(DOT)
+            b_w = _ld_desc(w, t0, i_h, 64, K).to(DOT)
             dS_b = (dS_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
                     - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+        b_dvl, b_do, G_a, G_b = nxt
     if STORE_DH0:
         st_halves(dh0 + (i_n * H + i_h) * K * V, dS_a, dS_b, p_a, p_b, m_av, m_bv, K)
 

@@ -184,21 +184,25 @@ def _ld_tile(base, t0, L, i_h, H, D: tl.constexpr, o_d, m_d):
 
 
 def tile_desc(x):
-    """A TMA descriptor of a token-major [1, NTOK, H, D] tensor for [64 tokens, 64 channels] tiles of one
-    head (`_ld_desc`); tokens past NTOK and channels past D read as zero. Needs D * itemsize to be a
-    multiple of 16 bytes (checked in triton_autograd)."""
+    """A TMA descriptor of a token-major [1, NTOK, H, D] tensor seen as [NTOK, H * D], for [64 tokens,
+    64 channels] tiles of one head (`_ld_desc`); tokens past NTOK read as zero. Needs D * itemsize to be
+    a multiple of 16 bytes (checked in triton_autograd)."""
     _, NTOK, H, D = x.shape
-    return TensorDescriptor(x.view(NTOK, H, D), [NTOK, H, D], [H * D, D, 1], [64, 1, 64])
+    return TensorDescriptor(x.view(NTOK, H * D), [NTOK, H * D], [H * D, 1], [64, 64])
 
 
 @triton.jit
-def _ld_desc(desc, t0, i_h, c0):
+def _ld_desc(desc, t0, i_h, c0, D: tl.constexpr):
     """[64, 64] tile (tokens t0.., channels c0..) of head i_h through a TMA descriptor (`tile_desc`).
-    In the sequential state loops Triton pipelines these copies across iterations; the same tiles
-    through pointer loads went through registers, one iteration at a time. Unlike the masked pointer
-    loads, rows past the sequence's end hold the next sequence's tokens: the caller multiplies them
-    by zeros."""
-    return desc.load([t0.to(tl.int32), i_h, c0]).reshape(64, 64)
+    In the sequential state loops Triton pipelines these copies across iterations and feeds the tiles
+    to the dots from shared memory; the same tiles through pointer loads went through registers, one
+    iteration at a time. Unlike the masked pointer loads, rows past the sequence's end hold the next
+    sequence's tokens (the caller multiplies them by zeros); channels past D, the next head's, are
+    zeroed here."""
+    tile = desc.load([t0.to(tl.int32), i_h * D + c0])
+    if D % 64 != 0:
+        tile = tl.where((c0 + tl.arange(0, 64) < D)[None, :], tile, 0.)
+    return tile
 
 
 @triton.jit
@@ -246,6 +250,18 @@ def _fwd_wy_kernel(
         _st_chunk(u, tl.dot(b_T, b_Y, input_precision=PREC), t0, L, i_h, H, V, o_d, m_d)
 
 
+@triton.jit
+def _fwd_state_inputs(u, G, bos, eos, i, i_h, H, K: tl.constexpr, V: tl.constexpr, o_v, m_v):
+    """Chunk i's pointer-loaded inputs of `_fwd_state_kernel`: u [64, BV] f32 (zero past the sequence's
+    end) and the two halves of G's last row (the chunk's decay)."""
+    t0 = bos + i * 64
+    L = tl.minimum(eos - t0, 64).to(tl.int32)
+    b_u = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)
+    G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)
+    G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
+    return b_u, G_a, G_b
+
+
 @autotune([config(8, 2, BV=32), config(8, 3, BV=32), config(4, 2, BV=16), config(8, 4, BV=32),
            config(8, 2, BV=64), config(4, 3, BV=16)], key=["H", "K", "V", "NH_BUCKET"])
 @triton.jit
@@ -276,28 +292,30 @@ def _fwd_state_kernel(
     S_b = tl.zeros([64, BV], dtype=tl.float32)
     if HAS_H0:
         S_a, S_b = ld_halves(h0 + (i_n * H + i_h) * K * V, p_a, p_b, m_av, m_bv, K)
+    # u and G's last row are loaded one step ahead (the TMA tiles are pipelined by Triton): each step is
+    # a chain of dependent dots, and a load waited for inside it stalls the whole step
+    b_u, G_a, G_b = _fwd_state_inputs(u, G, bos, eos, 0, i_h, H, K, V, o_v, m_v)
     for i in range(0, n_chunks):
         t0 = bos + i * 64
         L = tl.minimum(eos - t0, 64).to(tl.int32)
+        nxt = _fwd_state_inputs(u, G, bos, eos, tl.minimum(i + 1, n_chunks - 1), i_h, H, K, V, o_v, m_v)
         # each half stored just before its dot (storing both first raises spills on sm_90)
         p_h = h + ((c0 + i) * H + i_h) * K * V
         tl.store(p_h + p_a, S_a.to(h.dtype.element_ty), mask=m_av)
         # dot operands in DOT (bf16 for bf16 inputs); u, v_new and S stay float32
-        b_vn = _ld_chunk(u, t0, L, i_h, H, V, o_v, m_v)                          # [64, BV]
-        b_vn -= tl.dot(_ld_desc(w, t0, i_h, 0).to(DOT), S_a.to(DOT), input_precision=PREC)
+        b_vn = b_u - tl.dot(_ld_desc(w, t0, i_h, 0, K).to(DOT), S_a.to(DOT), input_precision=PREC)   # [64, BV]
         if K > 64:
             tl.store(p_h + p_b, S_b.to(h.dtype.element_ty), mask=m_bv)
-            b_vn -= tl.dot(_ld_desc(w, t0, i_h, 64).to(DOT), S_b.to(DOT), input_precision=PREC)
+            b_vn -= tl.dot(_ld_desc(w, t0, i_h, 64, K).to(DOT), S_b.to(DOT), input_precision=PREC)
         b_vn = tl.where((rows < L)[:, None], b_vn, 0.)                           # (w past L: next sequence)
         _st_chunk(v_new, b_vn, t0, L, i_h, H, V, o_v, m_v)
         b_vn = b_vn.to(DOT)
-        G_a = ld_row_at(G, t0, L - 1, L, i_h, H, K, 0, 64)                         # [64]
-        b_kg = _ld_desc(kg, t0, i_h, 0).to(DOT)                                    # [64 tokens, 64]
+        b_kg = _ld_desc(kg, t0, i_h, 0, K).to(DOT)                                 # [64 tokens, 64]
         S_a = S_a * tl.exp(G_a)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
         if K > 64:
-            G_b = ld_row_at(G, t0, L - 1, L, i_h, H, K, 64, 64)
-            b_kg = _ld_desc(kg, t0, i_h, 64).to(DOT)
+            b_kg = _ld_desc(kg, t0, i_h, 64, K).to(DOT)
             S_b = S_b * tl.exp(G_b)[:, None] + tl.dot(tl.trans(b_kg), b_vn, input_precision=PREC)
+        b_u, G_a, G_b = nxt
     if STORE_HT:
         st_halves(ht + (i_n * H + i_h) * K * V, S_a, S_b, p_a, p_b, m_av, m_bv, K)
 
