@@ -92,6 +92,7 @@ CHUNK_CASES = [
     (2, 70, 1, 16, 16, None, True, True),                   # gate and q/k L2 norm in the kernel
     (1, 1, 1, 16, 16, None, True, False),                   # a single token
     (1, 80, 1, 64, 32, [30, 50], True, True),               # K = 64: several channel blocks per kernel
+    (1, 70, 2, 16, 16, [0, 70, 0], True, False),            # empty sequences, first and last
 ]
 
 

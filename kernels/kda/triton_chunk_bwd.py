@@ -112,7 +112,8 @@ def _bwd_state_kernel(
         dS_a, dS_b = ld_halves(dht + (i_n * H + i_h) * K * V, p_a, p_b, m_av, m_bv, K)
     # the pointer loads of a chunk are issued one step ahead (the TMA tiles are pipelined by Triton):
     # each step is a chain of dependent dots, and a load waited for inside it stalls the whole step
-    b_dvl, b_do, G_a, G_b = _bwd_state_inputs(dv_local, do, G, bos, eos, n_chunks - 1, i_h, H, K, V, o_v, m_v, DOT)
+    last = tl.maximum(n_chunks - 1, 0)                                # (an empty sequence loads nothing)
+    b_dvl, b_do, G_a, G_b = _bwd_state_inputs(dv_local, do, G, bos, eos, last, i_h, H, K, V, o_v, m_v, DOT)
     for j in range(0, n_chunks):
         i = n_chunks - 1 - j
         t0 = bos + i * 64
