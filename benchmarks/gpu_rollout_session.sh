@@ -16,7 +16,8 @@ LIMIT=${ROLLOUT_SECONDS:-540}
 BUDGET=${ROLLOUT_BUDGET:-200}     # seconds per engine and model after which later cells are skipped
 case "$PART" in
   embedded)      # expandable segments: the cache's MLA buffers are regrown and regrouped at ever larger sizes
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout $LIMIT python3 benchmarks/rollout.py --engines embedded --models ${3:-hybrid,mla} --budget-s $BUDGET \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout $LIMIT python3 benchmarks/rollout.py \
+        --engines embedded --models ${3:-hybrid,mla} --budget-s $BUDGET \
         --embedded-cells ${2:-64x4096,256x4096,64x32768} 2>&1 | tee $OUT/rollout_embedded.log ;;
   vllm)
     timeout $LIMIT python3 benchmarks/rollout.py --engines vllm --models ${2:-hybrid,mla} --budget-s ${ROLLOUT_BUDGET:-120} \

@@ -8,9 +8,9 @@ moved the errors or the draw was unlucky; the median and maximum over seeds can.
     python benchmarks/kda_error_spread.py [--case N] [--runs 20] [--dtype bf16|fp32]
                                           [--baseline NAME=DIR ...] [--out FILE]
 
---case indexes CASES of the GPU test (default: the gated case, with the in-kernel gate and L2 norm); --baseline as in benchmarks/kda_kernels.py. Prints and writes a markdown table: per
-implementation and output, the median and maximum relative error and how many seeds went over the
-bound.
+--case indexes CASES of the GPU test (default: the gated case, with the in-kernel gate and L2 norm);
+--baseline as in benchmarks/kda_kernels.py. Prints and writes a markdown table: per implementation and
+output, the median and maximum relative error and how many seeds went over the bound.
 """
 import argparse
 import os
