@@ -20,7 +20,7 @@ def look_at_run(command, *args):
         extra = " [WINDOW, steps per row >= 1]" if command == "summary" else ""
         print(f"usage: run_rl.py {command} RUN_DIR{extra}", file=sys.stderr)
         return 2
-    from rl.monitor import plot_run, summarize_run
+    from deltarl.rl.monitor import plot_run, summarize_run
     try:
         if command == "plot":
             print("\n".join(str(path) for path in plot_run(run_dir)))
@@ -37,7 +37,7 @@ def main(argv=None):
     if argv[:1] in (["plot"], ["summary"]):
         return look_at_run(*argv)
     if argv[:1] == ["demo"]:
-        from model.demo import main as model_demo
+        from deltarl.model.demo import main as model_demo
         return model_demo(*argv[1:2])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny_cpu.yaml", help="YAML run configuration")
@@ -45,13 +45,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     overrides = [o if "=" not in o or not o.startswith("resume=") else "run." + o for o in args.overrides]
 
-    from rl.config import ConfigError, load_config
+    from deltarl.rl.config import ConfigError, load_config
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    from rl.trainer import train
+    from deltarl.rl.trainer import train
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")
     return 0

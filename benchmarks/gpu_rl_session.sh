@@ -7,7 +7,7 @@ export PYTHONPATH=/tmp/site:.
 STEPS=${1:-16}
 WARM=checkpoints/arithmetic-warmup-vllm
 if [ ! -f $WARM/model.safetensors ]; then
-  python3 -m rl.warmup --out $WARM --mla-dims released --device cuda --threads 8 --steps 1400 --eval-every 0 \
+  python3 -m deltarl.rl.warmup --out $WARM --mla-dims released --device cuda --threads 8 --steps 1400 --eval-every 0 \
     > $OUT/warmup.log 2>&1 || { tail -40 $OUT/warmup.log; exit 1; }
   tail -3 $OUT/warmup.log
   mkdir -p $OUT/warmup && cp -r $WARM/. $OUT/warmup/

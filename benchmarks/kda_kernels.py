@@ -32,9 +32,9 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from kernels.kda import chunk_kda_torch  # noqa: E402
-from kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
-from kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
+from deltarl.kernels.kda import chunk_kda_torch  # noqa: E402
+from deltarl.kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
+from deltarl.kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
 
 C = 64
 
@@ -60,9 +60,11 @@ def load_baseline(root, name):
     (the package uses relative imports only), so several versions run beside ours in one process."""
     import importlib
     import importlib.util
-    pkg = os.path.join(root, "kernels", "kda")
-    if not os.path.isfile(os.path.join(pkg, "__init__.py")):
-        raise SystemExit(f"--baseline {name}={root}: no kernels/kda package under {root}")
+    # trees from before the `deltarl` package kept the kernels at the top level
+    candidates = [os.path.join(root, "deltarl", "kernels", "kda"), os.path.join(root, "kernels", "kda")]
+    pkg = next((c for c in candidates if os.path.isfile(os.path.join(c, "__init__.py"))), None)
+    if pkg is None:
+        raise SystemExit(f"--baseline {name}={root}: no deltarl/kernels/kda (or kernels/kda) package under {root}")
     spec = importlib.util.spec_from_file_location(f"kda_{name}", os.path.join(pkg, "__init__.py"),
                                                   submodule_search_locations=[pkg])
     module = importlib.util.module_from_spec(spec)

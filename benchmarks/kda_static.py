@@ -23,8 +23,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from kernels.kda import triton_chunk_bwd as bwd  # noqa: E402
-from kernels.kda import triton_chunk_fwd as fwd  # noqa: E402
+from deltarl.kernels.kda import triton_chunk_bwd as bwd  # noqa: E402
+from deltarl.kernels.kda import triton_chunk_fwd as fwd  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rewards import MathVerifier, RewardSpec, Sandbox, compute_rewards  # noqa: E402
-from rewards.math import check_response  # noqa: E402
-from rl.data import make_task  # noqa: E402
+from deltarl.rewards import MathVerifier, RewardSpec, Sandbox, compute_rewards  # noqa: E402
+from deltarl.rewards.math import check_response  # noqa: E402
+from deltarl.rl.data import make_task  # noqa: E402
 
 SUM_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 SUM_TESTS = {"inputs": ["1 2\n", "10 -3\n", "0 0\n", "5 5\n"], "outputs": ["3\n", "7\n", "0\n", "10\n"]}

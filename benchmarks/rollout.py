@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config  # noqa: E402
+from deltarl.model import KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config  # noqa: E402
 
 DECODE_TOKENS = 128              # D: decode steps timed
 VLLM_PREFILL_TOKENS = 16384      # vLLM's chunked-prefill budget per step (its default on an H100)
@@ -73,14 +73,14 @@ def vllm_cells(path: str, cells, budget_s: float, result_file: str, all_mla: boo
     short keeps what it measured. For the all-MLA model, a cell whose sequences cannot all hold their
     KV cache at once is reported instead of run (vLLM would preempt and recompute, which measures
     thrashing, not decoding)."""
-    from rollout import SamplingParams, VLLMEngine
+    from deltarl.rollout import SamplingParams, VLLMEngine
     engine = VLLMEngine(path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=131072 + 1024,
                         enforce_eager=False, enable_sleep_mode=False, max_num_seqs=256,
                         skip_tokenizer_init=True)      # token ids in, token ids out
     cache = engine.llm.llm_engine.vllm_config.cache_config
     capacity = (cache.num_gpu_blocks or 0) * cache.block_size          # tokens of KV cache
     if not capacity:     # the engine core (another process) sized the cache: estimate as vLLM does
-        from model import KimiLinearConfig
+        from deltarl.model import KimiLinearConfig
         per_token = cache_bytes_per_sequence(KimiLinearConfig.from_pretrained(path), 1, torch.bfloat16)["total"]
         free = 0.85 * torch.cuda.get_device_properties(0).total_memory - 4 * 2**30   # weights, graphs, activations
         capacity = int(free // per_token)
@@ -103,7 +103,7 @@ def vllm_cells(path: str, cells, budget_s: float, result_file: str, all_mla: boo
 
 @torch.no_grad()
 def embedded_cell(model, batch, length):
-    from rollout import EmbeddedEngine, SamplingParams
+    from deltarl.rollout import EmbeddedEngine, SamplingParams
     engine = EmbeddedEngine(model, max_batch_size=batch)
     prompts = random_prompts(batch, length)
     engine.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))   # compile

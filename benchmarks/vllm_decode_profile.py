@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.rollout import (VLLM_PREFILL_TOKENS, bench_config, fmt, random_prompts, timed_decode,  # noqa: E402
                                 warm_start)
-from model import KimiLinearForCausalLM  # noqa: E402
+from deltarl.model import KimiLinearForCausalLM  # noqa: E402
 
 def build_llm(path, mode, context, trace_dir, first):
     from vllm import LLM

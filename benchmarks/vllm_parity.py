@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import KimiLinearCache, KimiLinearForCausalLM, char_tokenizer, tiny_config  # noqa: E402
+from deltarl.model import KimiLinearCache, KimiLinearForCausalLM, char_tokenizer, tiny_config  # noqa: E402
 
 PROMPTS = ["12+34=", "The quick brown fox", "def add(a, b):\n    return", "Kimi Linear", "x" * 150]
 NEW_TOKENS = 32

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.vllm_parity import NEW_TOKENS, PROMPTS, our_greedy, parity_config, save_checkpoint  # noqa: E402
-from model import KimiLinearForCausalLM, char_tokenizer  # noqa: E402
-from rollout import SamplingParams, VLLMEngine  # noqa: E402
+from deltarl.model import KimiLinearForCausalLM, char_tokenizer  # noqa: E402
+from deltarl.rollout import SamplingParams, VLLMEngine  # noqa: E402
 
 
 def sharpened_model(seed):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import (compute_advantages, discounted_returns, drgrpo_advantages, grpo_advantages,
+from deltarl.rl.algorithms import (compute_advantages, discounted_returns, drgrpo_advantages, grpo_advantages,
                            rloo_advantages)
 
 # Three groups with interleaved, non-contiguous ids:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import aggregate, aggregation_units, masked_mean, masked_sum
+from deltarl.rl.algorithms import aggregate, aggregation_units, masked_mean, masked_sum
 
 NAN, INF = math.nan, math.inf
 

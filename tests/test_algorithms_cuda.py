@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from rl.algorithms import (compute_advantages, dynamic_sampling_filter, entropy_from_logits, kl_loss,
+from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, entropy_from_logits, kl_loss,
                            overlong_shaping, policy_loss)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

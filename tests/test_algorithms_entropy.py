@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import entropy_bonus, entropy_from_logits
+from deltarl.rl.algorithms import entropy_bonus, entropy_from_logits
 
 
 def test_hand_computed_entropies():

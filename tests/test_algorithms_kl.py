@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import compute_advantages, kl_loss, kl_penalty
+from deltarl.rl.algorithms import compute_advantages, kl_loss, kl_penalty
 
 LN2 = math.log(2.0)
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import policy_loss, tis_weights
+from deltarl.rl.algorithms import policy_loss, tis_weights
 
 
 def logp_for(ratios):

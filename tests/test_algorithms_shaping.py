@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rl.algorithms import dynamic_sampling_filter, groups_needed, overlong_shaping
+from deltarl.rl.algorithms import dynamic_sampling_filter, groups_needed, overlong_shaping
 
 
 def test_overlong_shaping_hand_computed():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl.config import (ADVANTAGES, BUILTIN_REWARDS, KL_ESTIMATORS, LOSS_AGGREGATIONS, ConfigError,
+from deltarl.rl.config import (ADVANTAGES, BUILTIN_REWARDS, KL_ESTIMATORS, LOSS_AGGREGATIONS, ConfigError,
                        RewardFunction, RunConfig, config_to_dict, load_config, save_config)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,12 +78,12 @@ def test_int_accepted_for_float_and_stored_as_float():
 
 
 def test_builtin_reward_names_match_the_rewards_package():
-    from rewards.api import BUILTINS
+    from deltarl.rewards.api import BUILTINS
     assert set(BUILTIN_REWARDS) == set(BUILTINS)
 
 
 def test_reward_entries_are_what_rewards_reward_spec_takes():
-    from rewards.api import RewardSpec
+    from deltarl.rewards.api import RewardSpec
     cfg = load_config(None, ["reward.functions=[math, {fn: format, weight: 0.1, timeout: 3, "
                              "kwargs: {style: boxed}, isolated: true}]"])
     specs = [RewardSpec.from_config(dataclasses.asdict(f)) for f in cfg.reward.functions]
@@ -92,7 +92,7 @@ def test_reward_entries_are_what_rewards_reward_spec_takes():
 
 
 def test_algorithm_choices_exist_in_rl_algorithms():
-    algorithms = pytest.importorskip("rl.algorithms")
+    algorithms = pytest.importorskip("deltarl.rl.algorithms")
     assert set(ADVANTAGES) <= set(algorithms.ESTIMATORS)
     assert set(LOSS_AGGREGATIONS) <= set(algorithms.AGGREGATIONS)
     assert set(KL_ESTIMATORS) <= set(algorithms.KL_ESTIMATORS)
@@ -280,7 +280,7 @@ def test_a_bad_config_fails_in_well_under_a_second(tmp_path):
 
 
 def test_importing_rl_config_is_light():
-    code = ("import sys, time; t = time.perf_counter(); import rl.config; "
+    code = ("import sys, time; t = time.perf_counter(); import deltarl.rl.config; "
             "print(time.perf_counter() - t, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     seconds, torch_loaded = out.stdout.split()

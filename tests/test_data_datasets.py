@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rl.data import load_prompt_dataset
+from deltarl.rl.data import load_prompt_dataset
 
 GOOD = [
     {"question": "What is 2+2?", "answer": "4", "level": 1},

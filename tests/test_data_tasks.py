@@ -3,8 +3,8 @@ import ast
 
 import pytest
 
-from rewards import compute_rewards
-from rl.data import make_task
+from deltarl.rewards import compute_rewards
+from deltarl.rl.data import make_task
 
 
 def test_arithmetic_rows_are_exact_and_deterministic():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.kda import chunk_kda, chunk_kda_torch, fused_recurrent_kda, naive_recurrent_kda
+from deltarl.kernels.kda import chunk_kda, chunk_kda_torch, fused_recurrent_kda, naive_recurrent_kda
 from tests.kda_inputs import kda_inputs, rel_err
 
 TOL = 1e-8

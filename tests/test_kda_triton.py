@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.kda import fused_recurrent_kda, naive_recurrent_kda
+from deltarl.kernels.kda import fused_recurrent_kda, naive_recurrent_kda
 from tests.kda_inputs import gate_sum_errors
 
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
-from kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
+from deltarl.kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
+from deltarl.kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
 
 # the kernels compute exp() of masked-out (i < j) exponents and discard them with tl.where; numpy
 # in the interpreter warns about the overflow in the discarded lanes
@@ -112,7 +112,7 @@ def test_chunk_triton_matches_oracle(case):
 
 
 def _candidates():
-    from kernels.kda.triton_utils import TUNED
+    from deltarl.kernels.kda.triton_utils import TUNED
     return [(name, i) for name, (_, configs) in sorted(TUNED.items()) for i in range(1, len(configs))]
 
 
@@ -122,7 +122,7 @@ def test_chunk_triton_every_autotune_candidate(name, index):
     so each other one is pinned here in turn (the rest stay on their first) and checked. Packed,
     ragged lengths, K = V = 64 so block sizes below 64 loop over channel blocks; 3 heads for the
     kernel that takes a block of heads per program (a full block and a partial one)."""
-    from kernels.kda.triton_utils import pin_config
+    from deltarl.kernels.kda.triton_utils import pin_config
     H = 3 if name == "_fwd_diag_kernel" else 1
     x, cu = make_inputs(1, 90, H, 64, 64, [20, 70], with_h0=True, gate=True)
     do = torch.randn(1, 90, H, 64, device=DEV)
@@ -138,7 +138,7 @@ def test_chunk_triton_every_autotune_candidate(name, index):
 
 
 def test_autotune_pins_reject_bad_names_and_indices(monkeypatch):
-    from kernels.kda.triton_utils import TUNED, check_env_pins, pin_config
+    from deltarl.kernels.kda.triton_utils import TUNED, check_env_pins, pin_config
     n = len(TUNED["_fwd_diag_kernel"][1])
     with pytest.raises(IndexError, match=f"_fwd_diag_kernel has candidates 0..{n - 1}"):
         pin_config("_fwd_diag_kernel", n)
@@ -172,7 +172,7 @@ def test_chunk_triton_bf16_inputs_match_oracle():
 
 def test_dense_chunk_table_matches_the_packed_one():
     """The dense batch's chunk table, built from the shape without a host sync, is the packed one."""
-    from kernels.kda.triton_utils import chunk_table, default_cu_seqlens, dense_chunk_table
+    from deltarl.kernels.kda.triton_utils import chunk_table, default_cu_seqlens, dense_chunk_table
     for B, T in [(1, 1), (2, 64), (3, 65), (2, 200)]:
         dense, packed = dense_chunk_table(B, T, torch.device(DEV)), chunk_table(default_cu_seqlens(B, T, DEV))
         assert dense[3] == packed[3]

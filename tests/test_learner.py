@@ -2,10 +2,10 @@
 with the old logprobs frozen before the first update (torch backend, in-process)."""
 import torch
 
-from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
-from rl.config import AlgorithmSection, LearnerSection
-from rl.learner import Learner, response_logprobs
-from rl.samples import RolloutBatch, pad_right
+from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from deltarl.rl.config import AlgorithmSection, LearnerSection
+from deltarl.rl.learner import Learner, response_logprobs
+from deltarl.rl.samples import RolloutBatch, pad_right
 
 
 def make_checkpoint(path):

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from model import KimiLinearCache, KimiLinearConfig, KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config
+from deltarl.model import KimiLinearCache, KimiLinearConfig, KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config
 
 
 def hybrid_model(seed=0, **overrides):
@@ -43,7 +43,7 @@ def test_step_by_step_decoding_matches_full_forward():
 def test_mla_history_grows_in_place_between_regrowths():
     """A decode step writes its MLA latents into the history's spare room; the buffers are reallocated
     only when full (an eighth more each time), and the logits still match the full forward."""
-    from model.cache import MLAState
+    from deltarl.model.cache import MLAState
     model = hybrid_model()
     ids = torch.randint(4, 128, (2, 200))
     full = model(ids).logits

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from rl.config import LogConfig, load_config
-from rl.monitor import (METRICS_FILE, TENSORBOARD_DIR, Monitor, MonitorWarning, format_postfix,
+from deltarl.rl.config import LogConfig, load_config
+from deltarl.rl.monitor import (METRICS_FILE, TENSORBOARD_DIR, Monitor, MonitorWarning, format_postfix,
                         plot_run, progress, read_metrics, smooth, summarize_run)
 
 NO_TB = {"tensorboard": False}

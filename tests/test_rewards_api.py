@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from rewards import (BUILTINS, RewardSpec, RewardTimeout, batched, compute_rewards,
+from deltarl.rewards import (BUILTINS, RewardSpec, RewardTimeout, batched, compute_rewards,
                      load_reward_fn)
-from rewards.synthetic import arithmetic_reward
+from deltarl.rewards.synthetic import arithmetic_reward
 
 
 @pytest.fixture()
@@ -31,7 +31,7 @@ def plugin_file(tmp_path):
 
 def test_load_by_builtin_module_and_file(plugin_file):
     assert load_reward_fn("arithmetic") is arithmetic_reward
-    assert load_reward_fn("rewards.synthetic:arithmetic_reward") is arithmetic_reward
+    assert load_reward_fn("deltarl.rewards.synthetic:arithmetic_reward") is arithmetic_reward
     fn = load_reward_fn(f"{plugin_file}:length_bonus")
     assert fn("p", "abcde") == 0.5
     assert load_reward_fn(f"{plugin_file}:length_bonus") is fn  # the file is loaded once

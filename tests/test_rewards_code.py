@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from rewards import RewardSpec, Sandbox, SandboxLimits, compute_rewards
-from rewards.code import (code_reward, extract_code, outputs_match, parse_tests, run_tests,
+from deltarl.rewards import RewardSpec, Sandbox, SandboxLimits, compute_rewards
+from deltarl.rewards.code import (code_reward, extract_code, outputs_match, parse_tests, run_tests,
                           values_match)
 
 

@@ -1,8 +1,8 @@
 """Format reward styles and the exact checkers of the synthetic tasks."""
 import pytest
 
-from rewards import arithmetic_reward, countdown_reward, format_reward
-from rewards.synthetic import arithmetic_answer, countdown_expression
+from deltarl.rewards import arithmetic_reward, countdown_reward, format_reward
+from deltarl.rewards.synthetic import arithmetic_answer, countdown_expression
 
 
 @pytest.mark.parametrize("style,response,expected", [

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from rewards import RewardSpec, RewardTimeout, compute_rewards
-from rewards.math import (MathVerifier, clean_answer, extract_answer, extract_answer_line,
+from deltarl.rewards import RewardSpec, RewardTimeout, compute_rewards
+from deltarl.rewards.math import (MathVerifier, clean_answer, extract_answer, extract_answer_line,
                           extract_boxed, extract_last_number, gold_answer, math_reward)
 
 AUTO = ("boxed", "answer", "last_number")

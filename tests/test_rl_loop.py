@@ -26,7 +26,7 @@ def run_dir_of(output: str) -> Path:
 
 
 def metrics_by_step(run_dir: Path) -> dict[int, dict]:
-    from rl.monitor import read_metrics
+    from deltarl.rl.monitor import read_metrics
     return {int(m["step"]): m for m in read_metrics(run_dir)}
 
 
@@ -48,7 +48,7 @@ def test_three_steps_through_ray_with_a_failing_reward(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    import model  # noqa: F401
+    import deltarl.model  # noqa: F401
     final = AutoModelForCausalLM.from_pretrained(run_dir / "final" / "policy")
     assert type(final).__name__ == "KimiLinearForCausalLM"
     assert json.loads((run_dir / "final" / "policy" / "config.json").read_text())["model_type"] == "kimi_linear"
@@ -106,7 +106,7 @@ def test_bad_config_fails_fast_with_the_field_named():
 
 @pytest.mark.parametrize("override", ["rollout.n=four", "learner.zero_stage=7"])
 def test_bad_values_name_the_field(override):
-    from rl.config import ConfigError, load_config
+    from deltarl.rl.config import ConfigError, load_config
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(str(ROOT / "configs" / "tiny_cpu.yaml"), [override])

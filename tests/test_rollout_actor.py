@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
-from rollout import EmbeddedEngine, SamplingParams, make_engine, rollout_actor_class
+from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from deltarl.rollout import EmbeddedEngine, SamplingParams, make_engine, rollout_actor_class
 
 ray = pytest.importorskip("ray")
 

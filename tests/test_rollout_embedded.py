@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
-from rollout import EmbeddedEngine, SamplingParams, filtered_logprobs
+from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from deltarl.rollout import EmbeddedEngine, SamplingParams, filtered_logprobs
 
 TOKENIZER = char_tokenizer()
 PROMPTS = ["12+3=", "hello there", "a", "xyz = 1 + 2", "The answer is"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.sandbox import UID_BASE, Sandbox, SandboxLimits, SandboxUnavailable
+from deltarl.rewards.sandbox import UID_BASE, Sandbox, SandboxLimits, SandboxUnavailable
 
 LIMITS = SandboxLimits(wall_s=3.0, cpu_s=2.0, memory_mb=256, output_bytes=1 << 20)
 BUDGET = LIMITS.wall_s + 2.0  # seconds a hostile case may take, start-up and clean-up included
@@ -345,7 +345,7 @@ def test_uid_tier_contains_the_core_cases():
 PROCESS_TIER_SCRIPT = """
 import os, sys
 sys.path.insert(0, {root!r})
-from rewards.sandbox import Sandbox, SandboxLimits
+from deltarl.rewards.sandbox import Sandbox, SandboxLimits
 sb = Sandbox(limits=SandboxLimits(wall_s=3, cpu_s=2, memory_mb=256))
 print("tier", sb.tier)
 checks = {{

@@ -4,9 +4,9 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewards import arithmetic_reward
-from rl import warmup
-from rl.data.tasks import make_task
+from deltarl.rewards import arithmetic_reward
+from deltarl.rl import warmup
+from deltarl.rl.data.tasks import make_task
 
 TINY = ["--hidden", "32", "--layers", "4", "--heads", "2", "--ffn", "64", "--batch-size", "16",
         "--eval-size", "8", "--samples", "2", "--eval-every", "0", "--threads", "1"]

@@ -57,7 +57,7 @@ def run_one(pins, dtype_name):
         return dict(json.loads(p.stdout.strip().splitlines()[-1]), ok=True, seconds=seconds)
     # the launch that faulted: the last line of ours in the traceback (under the autotuner, the
     # candidate it was timing), and the error itself
-    ours = [ln.strip() for ln in p.stderr.splitlines() if "kernels/kda/" in ln]
+    ours = [ln.strip() for ln in p.stderr.splitlines() if "deltarl/kernels/kda/" in ln]
     tuning = [ln.strip() for ln in p.stdout.splitlines() if ln.startswith("Autotuning kernel")]
     errors = [ln.strip() for ln in p.stderr.splitlines() if "Error" in ln]
     return dict(ok=False, seconds=seconds, where=(tuning or ours or ["?"])[-1],
@@ -75,8 +75,8 @@ def main():
         return worker(args.dtype)
 
     import torch
-    from kernels.kda.triton_utils import TUNED
-    import kernels.kda.triton_chunk_bwd  # noqa: F401  (registers the kernels in TUNED)
+    from deltarl.kernels.kda.triton_utils import TUNED
+    import deltarl.kernels.kda.triton_chunk_bwd  # noqa: F401  (registers the kernels in TUNED)
     first = {name: 0 for name in TUNED}
     runs = [("all first", dict(first))]
     for name, (_, configs) in sorted(TUNED.items()):

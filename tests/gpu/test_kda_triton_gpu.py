@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from kernels.kda import naive_recurrent_kda  # noqa: E402
+from deltarl.kernels.kda import naive_recurrent_kda  # noqa: E402
 from tests.kda_inputs import gate_sum_errors  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -86,7 +86,7 @@ def run_impl(fn, x, cu, do, dht, gate, upcast=False):
 
 
 def ours(**kw):
-    from kernels.kda.triton_autograd import chunk_kda_triton
+    from deltarl.kernels.kda.triton_autograd import chunk_kda_triton
     return chunk_kda_triton(**kw)
 
 
@@ -144,7 +144,7 @@ def test_against_oracle(case, dtype):
 
 
 def test_recurrent_decode_pool():
-    from kernels.kda.triton_recurrent import fused_recurrent_kda_triton
+    from deltarl.kernels.kda.triton_recurrent import fused_recurrent_kda_triton
     N, H, K, V, P = 64, 4, 128, 128, 100
     x, _ = make_inputs(1, N, H, K, V, torch.bfloat16, with_h0=False)
     pool = torch.randn(P, H, K, V, device="cuda")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rl.algorithms import aggregation_units, entropy_from_logits, kl_loss, masked_mean, policy_loss
+from deltarl.rl.algorithms import aggregation_units, entropy_from_logits, kl_loss, masked_mean, policy_loss
 
 from .samples import RolloutBatch, micro_batches, pad_right
 
@@ -47,7 +47,7 @@ class Learner:
                  gradient_checkpointing: bool = False):
         from transformers import AutoModelForCausalLM
 
-        import model as _register_kimi_linear  # noqa: F401
+        import deltarl.model as _register_kimi_linear  # noqa: F401
         if cfg_learner.threads:
             torch.set_num_threads(cfg_learner.threads)
         self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature

@@ -2,7 +2,7 @@
 
 Knows nothing of the model or the trainer. The RL loop uses:
 
-    from rewards import RewardSpec, compute_rewards
+    from deltarl.rewards import RewardSpec, compute_rewards
     specs = [RewardSpec("math"), RewardSpec("format", weight=0.1, kwargs={"style": "boxed"})]
     totals, parts, failures = compute_rewards(prompts, responses, rows, specs)
 

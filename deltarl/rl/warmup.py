@@ -1,6 +1,6 @@
 """Supervised warm-up: the starting policy of the CPU RL demo, made here rather than downloaded.
 
-    python -m rl.warmup --out checkpoints/arithmetic-warmup
+    python -m deltarl.rl.warmup --out checkpoints/arithmetic-warmup
 
 A small Kimi Linear (3 KDA + 1 MLA layers, character tokenizer) learns a built-in arithmetic task
 from prompt -> answer pairs for a few minutes on 2 CPU cores, deliberately too briefly to master
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model import KimiLinearForCausalLM, char_tokenizer, tiny_config
-from rewards import arithmetic_reward
-from rl.data.tasks import make_task
-from rollout import EmbeddedEngine, SamplingParams
+from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
+from deltarl.rewards import arithmetic_reward
+from deltarl.rl.data.tasks import make_task
+from deltarl.rollout import EmbeddedEngine, SamplingParams
 
 TASK = "arithmetic"
 # MLA head sizes: the CPU demo's, and the released model's (vLLM's MLA prefill kernels accept only these)

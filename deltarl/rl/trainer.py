@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from rewards import RewardSpec, compute_rewards
-from rl.algorithms import compute_advantages, dynamic_sampling_filter, kl_penalty, overlong_shaping
-from rl.config import RunConfig, config_to_dict, save_config
-from rl.data import load_prompt_dataset, make_task
-from rl.evaluate import accuracy_from_scores, evaluate
-from rl.monitor import Monitor, plot_run, progress
-from rollout import SamplingParams
+from deltarl.rewards import RewardSpec, compute_rewards
+from deltarl.rl.algorithms import compute_advantages, dynamic_sampling_filter, kl_penalty, overlong_shaping
+from deltarl.rl.config import RunConfig, config_to_dict, save_config
+from deltarl.rl.data import load_prompt_dataset, make_task
+from deltarl.rl.evaluate import accuracy_from_scores, evaluate
+from deltarl.rl.monitor import Monitor, plot_run, progress
+from deltarl.rollout import SamplingParams
 
 from . import checkpoint as ckpt
 from .samples import batch_from_completions, concat_batches
@@ -48,7 +48,7 @@ def initial_policy(cfg: RunConfig, run_dir: Path, tokenizer) -> str:
     """A checkpoint folder to start from: the configured one, or a fresh small model saved in the run."""
     if cfg.model.path:
         return cfg.model.path
-    from model import KimiLinearForCausalLM, tiny_config
+    from deltarl.model import KimiLinearForCausalLM, tiny_config
     torch.manual_seed(cfg.run.seed)
     config = tiny_config(vocab_size=-(-len(tokenizer) // 64) * 64, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **cfg.model.init)
@@ -110,8 +110,8 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from rl.learner import Learner
-    from rollout import rollout_actor_class
+    from deltarl.rl.learner import Learner
+    from deltarl.rollout import rollout_actor_class
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
@@ -254,7 +254,7 @@ def train(cfg: RunConfig) -> Path:
     """Run (or resume) the job described by `cfg`; returns the run directory."""
     import ray
 
-    from model import load_tokenizer
+    from deltarl.model import load_tokenizer
 
     run_dir = prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")

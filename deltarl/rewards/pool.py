@@ -6,7 +6,7 @@ helps a reward running in a thread pool or a Ray actor. Here each call runs in a
 process; the caller waits on a pipe with a deadline, and on expiry kills that worker and starts
 a fresh one later. Callers may be any thread.
 
-Each worker is `python -m rewards._worker REQ_FD RESP_FD` talking newline-delimited JSON over
+Each worker is `python -m deltarl.rewards._worker REQ_FD RESP_FD` talking newline-delimited JSON over
 two private pipes (the function's own prints go to the inherited stdout, not the protocol).
 Arguments and results must be JSON values.
 """
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding deltarl/
 
 
 class WorkerTimeout(TimeoutError):
@@ -41,7 +41,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards._worker", str(req_r), str(resp_w), *preload],
+            [sys.executable, "-m", "deltarl.rewards._worker", str(req_r), str(resp_w), *preload],
             pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         os.close(req_r)
         os.close(resp_w)

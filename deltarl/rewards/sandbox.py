@@ -3,7 +3,7 @@
 One call, `Sandbox.run(files, stdin)`, starts
 
     [unshare --net --pid --fork --mount --mount-proc --kill-child]   (namespace tier only)
-      python -I -S rewards/_launcher.py        (root inside: mounts, files, fork, wait)
+      python -I -S deltarl/rewards/_launcher.py        (root inside: mounts, files, fork, wait)
         python -I -B main.py                   (the program: sandbox uid, rlimits, seccomp)
 
 in a new session, feeds stdin, reads stdout/stderr up to a cap, and on the wall-clock deadline

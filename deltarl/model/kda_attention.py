@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from kernels.kda import chunk_kda, fused_recurrent_kda, kda_gate
+from deltarl.kernels.kda import chunk_kda, fused_recurrent_kda, kda_gate
 
 from .cache import KDAState
 from .layers import GatedRMSNorm, causal_conv

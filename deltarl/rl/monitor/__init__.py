@@ -1,6 +1,6 @@
 """rl.monitor: what the trainer records every step, and how a run is looked at afterwards.
 
-    from rl.monitor import Monitor, progress, plot_run, read_metrics
+    from deltarl.rl.monitor import Monitor, progress, plot_run, read_metrics
 
 - `Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg))`: `log(step, metrics)` to
   metrics.jsonl, TensorBoard, and W&B / MLflow when enabled and installed; `close()`.

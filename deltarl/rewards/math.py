@@ -179,7 +179,7 @@ class MathVerifier:
             raise ValueError("backend must be 'process' or 'inline'")
         self.backend = backend
         self.pool = WorkerPool(workers or min(4, os.cpu_count() or 1),
-                               preload=("rewards.math:_warm_up",)) if backend == "process" else None
+                               preload=("deltarl.rewards.math:_warm_up",)) if backend == "process" else None
 
     def check(self, response: str, answer, extract=DEFAULT_EXTRACT, timeout_s: float = 10.0) -> dict:
         order = list(_extract_order(extract))
@@ -187,7 +187,7 @@ class MathVerifier:
         if self.pool is None:
             return check_response(response, answer, order, soft)
         try:
-            return self.pool.call("rewards.math:check_response", response, str(answer), order,
+            return self.pool.call("deltarl.rewards.math:check_response", response, str(answer), order,
                                   soft, timeout=timeout_s)
         except WorkerTimeout as e:
             raise RewardTimeout(f"math check took over {timeout_s}s") from e

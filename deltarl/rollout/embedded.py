@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import KimiLinearCache
+from deltarl.model import KimiLinearCache
 
 from .params import Completion, SamplingParams
 from .sampling import sample_tokens

@@ -1,6 +1,6 @@
 """Worker loop for rewards.pool: read a JSON call per line, answer a JSON line.
 
-`python -m rewards._worker REQ_FD RESP_FD [module | module:function ...]` imports the listed
+`python -m deltarl.rewards._worker REQ_FD RESP_FD [module | module:function ...]` imports the listed
 modules (and calls the listed warm-up functions) first, so start-up cost is paid before the
 first deadline, then answers {"ready": true}.
 """
@@ -15,7 +15,7 @@ import sys
 def _resolve(spec: str, cache: dict):
     """The function named "module:function" or "path/to/file.py:function" (the API loader)."""
     if spec not in cache:
-        from rewards.api import load_reward_fn
+        from deltarl.rewards.api import load_reward_fn
 
         cache[spec] = load_reward_fn(spec)
     return cache[spec]

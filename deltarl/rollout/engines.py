@@ -14,8 +14,8 @@ def make_engine(kind: str, model_path: str, tokenizer_path: str | None = None, d
         raise ValueError(f"rollout engine {kind!r}: allowed values are {list(ENGINES)}")
     from transformers import AutoModelForCausalLM
 
-    import model as _register_kimi_linear  # noqa: F401  (registers kimi_linear with the Auto classes)
-    from model import load_tokenizer
+    import deltarl.model as _register_kimi_linear  # noqa: F401  (registers kimi_linear with the Auto classes)
+    from deltarl.model import load_tokenizer
 
     from .embedded import EmbeddedEngine
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

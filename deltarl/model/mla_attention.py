@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.kda import padded_index, to_padded
+from deltarl.kernels.kda import padded_index, to_padded
 
 from .layers import RMSNorm
 

@@ -33,11 +33,11 @@ from typing import Any, Callable, NamedTuple
 logger = logging.getLogger(__name__)
 
 BUILTINS = {
-    "math": "rewards.math:math_reward",
-    "code": "rewards.code:code_reward",
-    "format": "rewards.format:format_reward",
-    "countdown": "rewards.synthetic:countdown_reward",
-    "arithmetic": "rewards.synthetic:arithmetic_reward",
+    "math": "deltarl.rewards.math:math_reward",
+    "code": "deltarl.rewards.code:code_reward",
+    "format": "deltarl.rewards.format:format_reward",
+    "countdown": "deltarl.rewards.synthetic:countdown_reward",
+    "arithmetic": "deltarl.rewards.synthetic:arithmetic_reward",
 }
 FAILURE_REASONS = ("error", "timeout", "bad_return")
 

@@ -8,7 +8,7 @@ import torch
 
 from .params import Completion, SamplingParams
 
-WORKER_EXTENSION = "rollout.vllm_worker.WeightSyncExtension"
+WORKER_EXTENSION = "deltarl.rollout.vllm_worker.WeightSyncExtension"
 
 
 class VLLMEngine:

@@ -1,6 +1,6 @@
 """Held-out evaluation: greedy accuracy and pass@k on a fixed prompt set."""
-from rewards import compute_rewards
-from rollout import SamplingParams
+from deltarl.rewards import compute_rewards
+from deltarl.rollout import SamplingParams
 
 
 def accuracy_from_scores(scores: list[float]) -> list[bool]:
