@@ -1,4 +1,6 @@
-"""rl.monitor: metrics.jsonl, TensorBoard, optional W&B/MLflow, plots and the console progress line."""
+"""deltarl.rl.monitor: metrics.jsonl, TensorBoard, W&B/MLflow when missing or failing, plots and the progress line.
+
+The live W&B and MLflow runs are in test_monitor_live.py."""
 import io
 import json
 import math
@@ -140,54 +142,19 @@ def test_wandb_and_mlflow_enabled_but_missing_warn_and_continue(tmp_path, monkey
     assert read_metrics(tmp_path)[0]["reward/mean"] == 0.5
 
 
-def fake_wandb(calls, fail_on_log=False):
-    """A stand-in for the wandb package that records what the Monitor asks of it."""
+def failing_wandb():
+    """A wandb whose every log() raises, as when the network goes down mid-run."""
     class Run:
         def log(self, data, step):
-            if fail_on_log:
-                raise ConnectionError("network down")
-            calls.append(("log", step, dict(data)))
+            raise ConnectionError("network down")
 
         def finish(self):
-            calls.append(("finish",))
-
-    def init(**kwargs):
-        calls.append(("init", kwargs))
-        return Run()
-    return types.SimpleNamespace(init=init, util=types.SimpleNamespace(generate_id=lambda: "abc123"))
-
-
-def test_wandb_receives_metrics_and_keeps_its_id_for_resume(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(calls))
-    with Monitor(tmp_path, {"wandb": True, "tensorboard": False, "project": "p"}, "run1", {"x": 1}) as mon:
-        mon.log(7, {"reward/mean": 0.5})
-    init = calls[0][1]
-    assert init["project"] == "p" and init["name"] == "run1" and init["config"] == {"x": 1}
-    assert init["id"] == "abc123" and (tmp_path / "wandb_id").read_text() == "abc123"
-    assert ("log", 7, {"reward/mean": 0.5}) in calls and calls[-1] == ("finish",)
-
-
-def test_mlflow_receives_params_and_finite_metrics(tmp_path, monkeypatch):
-    calls = []
-    run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
-    fake = types.SimpleNamespace(
-        set_experiment=lambda name: calls.append(("experiment", name)),
-        start_run=lambda **kw: calls.append(("start", kw)) or run,
-        log_params=lambda params: calls.append(("params", params)),
-        log_metrics=lambda metrics, step: calls.append(("metrics", step, metrics)),
-        end_run=lambda: calls.append(("end",)))
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    with Monitor(tmp_path, {"mlflow": True, "tensorboard": False}, "run1", {"rollout": {"n": 8}}) as mon:
-        mon.log(2, {"reward/mean": 0.5, "actor/kl": float("nan")})
-    assert ("experiment", "deltarl") in calls and ("start", {"run_name": "run1"}) in calls
-    assert ("params", {"rollout.n": "8"}) in calls
-    assert ("metrics", 2, {"reward/mean": 0.5}) in calls and calls[-1] == ("end",)
-    assert (tmp_path / "mlflow_run_id").read_text() == "r1"
+            pass
+    return types.SimpleNamespace(init=lambda **kwargs: Run())
 
 
 def test_a_sink_that_fails_is_dropped_and_the_run_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", fake_wandb([], fail_on_log=True))
+    monkeypatch.setitem(sys.modules, "wandb", failing_wandb())
     with Monitor(tmp_path, {"wandb": True, "tensorboard": False}) as mon:
         with pytest.warns(MonitorWarning, match="run.log.wandb: logging failed"):
             mon.log(1, {"reward/mean": 0.1})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 import warnings
 from pathlib import Path
@@ -79,12 +80,13 @@ class _TensorBoardSink:
 
 
 class _WandbSink:
-    """A W&B run; its id is kept in run_dir/wandb_id so a resumed run continues the same chart."""
+    """A W&B run; its id is kept in run_dir/wandb_id so a resumed run continues the same chart.
+    The id is ours (8 hex digits), not wandb's internal helper, which newer releases removed."""
 
     def __init__(self, run_dir: Path, project: str, run_name: str, config: dict | None):
         import wandb
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.run = wandb.init(project=project, name=run_name, id=run_id, resume="allow",
                               dir=str(run_dir), config=config or {})
@@ -97,7 +99,8 @@ class _WandbSink:
 
 
 class _MlflowSink:
-    """An MLflow run in experiment `project` (tracking URI from MLFLOW_TRACKING_URI, else ./mlruns);
+    """An MLflow run in experiment `project` (tracking URI from MLFLOW_TRACKING_URI, else MLflow's
+    default: ./mlflow.db, a SQLite store, in MLflow 3);
     its id is kept in run_dir/mlflow_run_id so a resumed run continues it."""
 
     def __init__(self, run_dir: Path, project: str, run_name: str, config: dict | None):
