@@ -1,4 +1,6 @@
 """The embedded rollout engine: greedy parity with generate(), exact logprobs, continuous batching."""
+import math
+
 import pytest
 import torch
 
@@ -20,11 +22,36 @@ def prompt_ids():
     return [TOKENIZER(p).input_ids for p in PROMPTS]
 
 
+def reference_logprob(logits: list[float], token: int, temperature: float, top_k: int = -1, top_p: float = 1.0):
+    """The logprob of `token` under temperature, top-k and top-p, written out in float64 Python (not the
+    engine's code): keep the k largest logits (all of a tie at the k-th), renormalise, walk the survivors
+    from most to least likely and keep each while the mass already kept is < top_p (vLLM's rule: a token
+    goes once the more likely ones hold >= top_p), renormalise again. -inf if the token was cut."""
+    z = [x / temperature for x in logits]
+    kept = range(len(z))
+    if 0 < top_k < len(z):
+        kth = sorted(z, reverse=True)[top_k - 1]
+        kept = [i for i in kept if z[i] >= kth]
+    top = max(z[i] for i in kept)
+    weight = {i: math.exp(z[i] - top) for i in kept}
+    total = sum(weight.values())
+    nucleus, mass = [], 0.0
+    for i in sorted(kept, key=lambda i: -z[i]):
+        if nucleus and mass >= top_p:
+            break
+        nucleus.append(i)
+        mass += weight[i] / total
+    if token not in nucleus:
+        return -math.inf
+    return z[token] - top - math.log(sum(weight[i] for i in nucleus))
+
+
 @torch.no_grad()
-def recomputed_logprobs(model, prompt, tokens, temperature):
+def recomputed_logprobs(model, prompt, tokens, temperature, top_k=-1, top_p=1.0):
+    """The model's logprob of each sampled token, from a plain forward pass and reference_logprob."""
     ids = torch.tensor([prompt + tokens])
-    logits = model(ids).logits[0, len(prompt) - 1: -1]
-    return filtered_logprobs(logits, temperature).gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    logits = model(ids).logits[0, len(prompt) - 1: -1].double().tolist()
+    return torch.tensor([reference_logprob(row, t, temperature, top_k, top_p) for row, t in zip(logits, tokens)])
 
 
 def test_greedy_equals_model_generate():
@@ -43,7 +70,35 @@ def test_logprobs_equal_the_models_recomputed_logprobs(temperature):
     params = SamplingParams(n=2, temperature=temperature, max_tokens=20, seed=3, ignore_eos=True)
     for c in EmbeddedEngine(model, max_batch_size=4).generate(prompt_ids(), params):
         ref = recomputed_logprobs(model, prompt_ids()[c.prompt_index], c.token_ids, temperature)
-        assert (torch.tensor(c.logprobs) - ref).abs().max() < 1e-5
+        assert (torch.tensor(c.logprobs, dtype=torch.float64) - ref).abs().max() < 1e-5
+
+
+def test_filtered_logprobs_equal_an_independent_reference_under_top_k_and_top_p():
+    """top-k 20 then top-p 0.9 at temperature 0.8: the engine's logprob of every sampled token equals
+    reference_logprob's, and the filter is active (some tokens had less than all of the mass)."""
+    model = make_model()
+    params = SamplingParams(n=2, temperature=0.8, top_k=20, top_p=0.9, max_tokens=20, seed=7, ignore_eos=True)
+    worst, plain_gap = 0.0, 0.0
+    for c in EmbeddedEngine(model, max_batch_size=4).generate(prompt_ids(), params):
+        prompt = prompt_ids()[c.prompt_index]
+        ref = recomputed_logprobs(model, prompt, c.token_ids, 0.8, top_k=20, top_p=0.9)
+        plain = recomputed_logprobs(model, prompt, c.token_ids, 0.8)
+        assert torch.isfinite(ref).all()                       # every sampled token survives the filter
+        worst = max(worst, float((torch.tensor(c.logprobs, dtype=torch.float64) - ref).abs().max()))
+        plain_gap = max(plain_gap, float((ref - plain).max()))
+    assert worst < 1e-5
+    assert plain_gap > 1e-2          # the filtered distribution is not the plain one on these tokens
+
+
+@pytest.mark.parametrize("top_k, top_p", [(2, 1.0), (-1, 0.7), (3, 0.5), (5, 0.999)])
+def test_filter_rules_match_the_reference_on_random_logits(top_k, top_p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g, dtype=torch.float64) * 3
+    logp = filtered_logprobs(logits, 1.3, top_k, top_p)
+    for row, out in zip(logits.tolist(), logp.tolist()):
+        expected = [reference_logprob(row, t, 1.3, top_k, top_p) for t in range(len(row))]
+        assert [math.isinf(x) for x in out] == [math.isinf(x) for x in expected]
+        assert max(abs(a - b) for a, b in zip(out, expected) if not math.isinf(b)) < 1e-5
 
 
 @pytest.mark.parametrize("max_prefill_tokens", [65536, 1])

@@ -35,6 +35,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("arithmetic", "countdown")
 ENGINES = ("embedded", "vllm")
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+OUTCOME_ADVANTAGES = ("grpo", "drgrpo", "rloo")     # one advantage per sample: no per-token rewards
 LOSS_AGGREGATIONS = ("token", "sequence", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
@@ -110,14 +111,14 @@ class RolloutSection:
     num_workers: int = 1
     n: int = 8                  # samples per prompt (the group size)
     prompts_per_step: int = 16
-    temperature: float = 1.0
+    temperature: float = 1.0    # > 0: the learner divides the logits by it
     top_p: float = 1.0
     top_k: int = -1             # -1: off
     max_tokens: int = 64        # response tokens per sample
     max_batch_size: int = 64    # sequences decoded at once per worker
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
-    eval_temperature: float = 0.0
+    eval_temperature: float | None = None   # temperature of the pass@k samples; null: rollout.temperature
     eval_n: int = 4             # samples per eval prompt, for pass@k
 
 
@@ -156,7 +157,8 @@ class AlgorithmSection:
     clip_high: float = 0.28
     loss_aggregation: str = "token"
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
+    # null: the estimator's default for its use (rl.algorithms.kl): k3 as a loss, k1 as a reward
+    kl_estimator: str | None = None
     kl_mode: str = "loss"
     entropy_coef: float = 0.0
     dynamic_sampling: bool = False
@@ -549,14 +551,16 @@ def _check_rollout(r: RolloutSection, c: _Checker):
     c.at_least("rollout.num_workers", r.num_workers, 1)
     c.at_least("rollout.n", r.n, 1)
     c.at_least("rollout.prompts_per_step", r.prompts_per_step, 1)
-    c.at_least("rollout.temperature", r.temperature, 0)
+    if r.temperature <= 0:
+        c.fail("rollout.temperature", "must be > 0: the learner divides the logits by it to get the "
+                                      "sampling distribution (greedy decoding is for evaluation only)")
     c.within("rollout.top_p", r.top_p, 0, 1, low_open=True)
     if r.top_k != -1 and r.top_k < 1:
         c.fail("rollout.top_k", "must be -1 (off) or >= 1")
     c.at_least("rollout.max_tokens", r.max_tokens, 1)
     c.at_least("rollout.max_batch_size", r.max_batch_size, 1)
     c.within("rollout.gpu_memory_utilization", r.gpu_memory_utilization, 0, 1, low_open=True)
-    c.at_least("rollout.eval_temperature", r.eval_temperature, 0)
+    c.above("rollout.eval_temperature", r.eval_temperature, 0)
     c.at_least("rollout.eval_n", r.eval_n, 1)
 
 
@@ -590,7 +594,8 @@ def _check_algorithm(a: AlgorithmSection, c: _Checker):
     c.at_least("algorithm.clip_high", a.clip_high, 0)
     c.one_of("algorithm.loss_aggregation", a.loss_aggregation, LOSS_AGGREGATIONS)
     c.at_least("algorithm.kl_coef", a.kl_coef, 0)
-    c.one_of("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
+    if a.kl_estimator is not None:
+        c.one_of("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     c.one_of("algorithm.kl_mode", a.kl_mode, KL_MODES)
     c.at_least("algorithm.entropy_coef", a.entropy_coef, 0)
     c.at_least("algorithm.overlong_buffer", a.overlong_buffer, 0)
@@ -627,6 +632,11 @@ def _check_together(cfg: RunConfig, c: _Checker):
     if r.n < 2 and a.advantage != "reinforce_pp":
         c.fail("rollout.n", f"must be >= 2 for algorithm.advantage={a.advantage!r} (a group baseline "
                             "needs several samples per prompt); use reinforce_pp for n=1")
+    if a.kl_mode == "reward" and a.advantage in OUTCOME_ADVANTAGES:
+        c.fail("algorithm.kl_mode", f"'reward' needs a per-token return estimator (algorithm.advantage="
+                                    f"reinforce_pp or reinforce_pp_baseline); algorithm.advantage={a.advantage!r} "
+                                    "gives one number per sample and cannot carry a per-token KL. Use "
+                                    "algorithm.kl_mode=loss with it")
     if a.overlong_buffer > r.max_tokens:
         c.fail("algorithm.overlong_buffer", f"must be <= rollout.max_tokens ({r.max_tokens})")
     if r.num_workers > 1 and cfg.ray.placement == "colocated":

@@ -9,7 +9,10 @@ def accuracy_from_scores(scores: list[float]) -> list[bool]:
 
 
 def evaluate(generate, tokenizer, rows, reward_specs, max_tokens: int, k: int, temperature: float, seed: int):
-    """`generate(prompt_ids, params)` -> completions. Returns {"eval/greedy_accuracy", "eval/pass@k", ...}."""
+    """`generate(prompt_ids, params)` -> completions. Returns {"eval/greedy_accuracy", "eval/pass@k", ...}.
+
+    Greedy accuracy decodes at temperature 0; pass@k draws k samples per prompt at `temperature` (the
+    trainer passes rollout.eval_temperature, or rollout.temperature when that is null), unfiltered."""
     prompts = [r["prompt"] for r in rows]
     prompt_ids = [tokenizer(p).input_ids for p in prompts]
     metrics = {}

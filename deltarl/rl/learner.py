@@ -11,14 +11,20 @@ from pathlib import Path
 import torch
 
 from deltarl.rl.algorithms import aggregation_units, entropy_from_logits, kl_loss, masked_mean, policy_loss
+from deltarl.rollout.sampling import keep_mask
 
 from .samples import RolloutBatch, micro_batches, pad_right
 
 
-def response_logprobs(model, prompt_ids, response_ids, temperature, with_entropy=False):
+def response_logprobs(model, prompt_ids, response_ids, temperature, top_k=-1, top_p=1.0, with_entropy=False):
     """Pack (prompt + response) sequences into one row; return per-response-token logprobs [B, T]
-    (and entropies) of log_softmax(logits / temperature), the rollout engine's sampling distribution.
+    (and entropies) of the rollout engine's sampling distribution: logits / temperature, then the
+    top-k / top-p filter with the engines' rules (`rollout.sampling.keep_mask`), renormalised. So the
+    PPO ratio and the TIS weight compare the same distribution the engine reports (`processed_logprobs`).
+    top_k=-1, top_p=1 give the plain log_softmax(logits / temperature) (the reference policy's KL).
     Padding (past each response) is 0."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (the logits are divided by it), got {temperature}")
     device = next(model.parameters()).device
     ids = torch.tensor([t for p, r in zip(prompt_ids, response_ids) for t in (*p, *r)], device=device)[None]
     p_len = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
@@ -33,6 +39,8 @@ def response_logprobs(model, prompt_ids, response_ids, temperature, with_entropy
     token_pos = torch.where(valid, (cu[:-1] + p_len)[:, None] + j[None, :], 0)
     valid, token_pos = valid.to(device), token_pos.to(device)
     rows = logits[token_pos - 1 + (~valid).long()].float() / temperature                      # [B, T, V]
+    if top_k > 0 or top_p < 1.0:
+        rows = rows.masked_fill(~keep_mask(rows, top_k, top_p), float("-inf"))
     targets = torch.where(valid, ids[0][token_pos], 0)
     logp = rows.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
     logp = torch.where(valid, logp, 0.0)
@@ -44,13 +52,14 @@ class Learner:
     """Holds the policy (and a frozen reference when KL is on); `train_step` is one policy update."""
 
     def __init__(self, model_path: str, cfg_learner, cfg_algorithm, temperature: float, total_steps: int,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, top_k: int = -1, top_p: float = 1.0):
         from transformers import AutoModelForCausalLM
 
         import deltarl.model as _register_kimi_linear  # noqa: F401
         if cfg_learner.threads:
             torch.set_num_threads(cfg_learner.threads)
         self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature
+        self.top_k, self.top_p = top_k, top_p     # the rollout's filter: logprobs of the sampled distribution
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).train()
         if gradient_checkpointing:
@@ -105,7 +114,8 @@ class Learner:
         out = torch.zeros_like(batch.mask, dtype=torch.float32)
         for index in micro_batches(batch, self.cfg.micro_batch_tokens):
             micro = batch.subset(index)
-            logp, _ = response_logprobs(model, micro.prompt_ids, micro.response_ids, self.temperature)
+            filters = (-1, 1.0) if model is self.reference else (self.top_k, self.top_p)
+            logp, _ = response_logprobs(model, micro.prompt_ids, micro.response_ids, self.temperature, *filters)
             out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])[None, :]] = logp.float().cpu()
         return out
 
@@ -118,7 +128,7 @@ class Learner:
         for index in index_groups:
             micro = batch.subset(index)
             logp, entropy = response_logprobs(self.model, micro.prompt_ids, micro.response_ids, self.temperature,
-                                              with_entropy=True)
+                                              self.top_k, self.top_p, with_entropy=True)
             T = logp.shape[1]
             mask, adv = micro.mask[:, :T].to(logp.device), micro.advantages[:, :T].to(logp.device)
             rollout_lp = micro.rollout_logprobs[:, :T].to(logp.device)
@@ -161,6 +171,10 @@ class Learner:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """The current (= old, before this step's update) policy's logprobs [B, T], for KL as a reward."""
+        return self._logprobs(self.model, batch)
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
         """Reference-policy logprobs [B, T] (for KL as a reward penalty), or None when KL is off."""

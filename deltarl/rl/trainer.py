@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from deltarl.rewards import RewardSpec, compute_rewards
-from deltarl.rl.algorithms import compute_advantages, dynamic_sampling_filter, kl_penalty, overlong_shaping
+from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, groups_needed, kl_penalty,
+                                   overlong_shaping)
 from deltarl.rl.config import RunConfig, config_to_dict, save_config
 from deltarl.rl.data import load_prompt_dataset, make_task
 from deltarl.rl.evaluate import accuracy_from_scores, evaluate
@@ -26,14 +27,18 @@ from .samples import batch_from_completions, concat_batches
 
 
 class _Stop:
-    """Set by SIGTERM/SIGINT: the loop finishes its step, checkpoints and exits."""
+    """Set by SIGTERM or SIGINT (Ctrl-C): the loop finishes its step, checkpoints and exits. A second
+    SIGINT while it does raises KeyboardInterrupt at once, for a user who will not wait."""
     requested = False
 
     @classmethod
     def install(cls):
         def handler(signum, frame):
+            if cls.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
             cls.requested = True
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -140,7 +145,7 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
     learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
         scheduling_strategy=strategy(learner_at)).remote(
         policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
-        cfg.model.gradient_checkpointing)
+        cfg.model.gradient_checkpointing, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p)
     return rollouts, learner, bool(gpus) and cfg.ray.placement == "colocated"
 
 
@@ -183,18 +188,25 @@ def score(cfg, tokenizer, rows, completions, specs):
     return texts, batch
 
 
+MAX_SAMPLING_ROUNDS = 4   # generate rounds per step under dynamic sampling (the first one included)
+
+
 def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
-    """Generate for one step's prompts; with dynamic sampling, drop groups whose rewards are all equal
-    and refill with new prompts (at most 4 rounds). Returns (rollout batch, rewards tensor, rows)."""
+    """Generate for one step's prompts. With dynamic sampling (DAPO), drop groups whose rewards are all
+    equal and refill: each round asks for `groups_needed(kept, target, kept / generated)` new prompts
+    (the missing groups over the keep rate so far, floored at 10%), until `rollout.prompts_per_step`
+    groups are kept or MAX_SAMPLING_ROUNDS rounds ran; then the first prompts_per_step kept groups are
+    used (a surplus is dropped, its prompts stay consumed). Returns (rollout batch, rewards tensor)."""
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_tokens=cfg.rollout.max_tokens,
                             seed=cfg.run.seed * 1_000_003 + step)
     kept_batches, kept_rewards, kept_rows, parts, failures = [], [], [], {}, {}
-    wanted, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0
+    target, kept_groups, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0, 0
     t_gen = t_reward = 0.0
     tokens = 0
-    while wanted > 0 and rounds < (4 if cfg.algorithm.dynamic_sampling else 1):
-        rows = stream.take(wanted)
+    while kept_groups < target and rounds < (MAX_SAMPLING_ROUNDS if cfg.algorithm.dynamic_sampling else 1):
+        keep_rate = kept_groups / len(kept_rows) if kept_rows else 1.0
+        rows = stream.take(groups_needed(kept_groups, target, keep_rate))
         prompt_ids = [tokenizer(r["prompt"]).input_ids for r in rows]
         t0 = time.perf_counter()
         completions = generate(ray, rollouts, prompt_ids, params)
@@ -219,33 +231,48 @@ def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
         kept_batches.append(batch)
         kept_rewards.append(rewards[index])
         kept_rows += rows
-        wanted -= len(index) // cfg.rollout.n
+        kept_groups += len(set(batch.group_ids.tolist()))
         rounds += 1
-    batch = concat_batches(kept_batches)
+    batch, rewards = first_groups(concat_batches(kept_batches),
+                                  torch.cat(kept_rewards) if kept_rewards else torch.zeros(0), target)
     metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward,
                     "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
-                    "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds)})
+                    "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds),
+                    "rollout/generated_prompts": float(len(kept_rows))})
     for k, v in parts.items():
         metrics[f"reward/{k}/mean"] = sum(v) / len(v)
         if all(x in (0.0, 1.0) for x in v):
             metrics["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
     for k, v in failures.items():
         metrics[f"reward_fail/{k}"] = float(v)
-    return batch, torch.cat(kept_rewards) if kept_rewards else torch.zeros(0)
+    return batch, rewards
 
 
-def advantages_for(cfg, batch, rewards, ref_logprobs):
-    """Shaped rewards -> per-token advantages [B, T] with the configured estimator."""
+def first_groups(batch, rewards, count: int):
+    """(batch, rewards [B]) restricted to the samples of the `count` smallest group ids, i.e. the first
+    groups generated (ids grow with the prompt order across rounds)."""
+    chosen = batch.group_ids.unique()[:count]                      # sorted ascending
+    index = torch.isin(batch.group_ids, chosen).nonzero()[:, 0].tolist()
+    return batch.subset(index), rewards[index]
+
+
+def advantages_for(cfg, batch, rewards, kl_logprobs=None):
+    """Shaped rewards -> per-token advantages [B, T] with the configured estimator.
+
+    kl_logprobs: (old-policy logprobs, reference logprobs), each [B, T], both from the learner, for
+    KL as a reward: -kl_coef * kl_penalty(old, ref) per token (k1 by default). The learner's own old
+    logprobs, not the rollout engine's: the engine's differ from the learner's by kernel and precision
+    noise that can exceed the KL being measured."""
     algo = cfg.algorithm
     lengths = batch.mask.sum(1)
     if algo.overlong_buffer:
         rewards = rewards + overlong_shaping(lengths, cfg.rollout.max_tokens, algo.overlong_buffer,
                                              algo.overlong_penalty)
     token_rewards = None
-    if ref_logprobs is not None and algo.kl_mode == "reward":
+    if kl_logprobs is not None and algo.kl_mode == "reward":
         T = batch.mask.shape[1]
-        token_rewards = -algo.kl_coef * kl_penalty(batch.rollout_logprobs, ref_logprobs[:, :T], algo.kl_estimator,
-                                                   mask=batch.mask)
+        old, ref = (x[:, :T] for x in kl_logprobs)
+        token_rewards = -algo.kl_coef * kl_penalty(old, ref, algo.kl_estimator, mask=batch.mask)
     kwargs = {"token_rewards": token_rewards} if token_rewards is not None else {}
     return compute_advantages(algo.advantage, rewards, batch.group_ids, batch.mask, **kwargs)
 
@@ -279,8 +306,9 @@ def train(cfg: RunConfig) -> Path:
     _Stop.install()
 
     def run_eval(step):
-        metrics = evaluate(lambda ids, params: generate(ray, rollouts, ids, params), tokenizer, eval_rows, specs, cfg.rollout.max_tokens, cfg.rollout.eval_n,
-                           cfg.rollout.temperature, seed=cfg.run.seed)
+        eval_temperature = cfg.rollout.eval_temperature or cfg.rollout.temperature   # null: the rollout's
+        metrics = evaluate(lambda ids, params: generate(ray, rollouts, ids, params), tokenizer, eval_rows, specs,
+                           cfg.rollout.max_tokens, cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed)
         monitor.log(step, metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
@@ -300,8 +328,10 @@ def train(cfg: RunConfig) -> Path:
             t0 = time.perf_counter()
             ray.get([w.sleep.remote() for w in rollouts])
             metrics["time/offload_s"] = time.perf_counter() - t0
-        ref = ray.get(learner.reference_logprobs.remote(batch)) if cfg.algorithm.kl_mode == "reward" else None
-        batch.advantages = advantages_for(cfg, batch, rewards, ref)
+        kl_logprobs = None
+        if cfg.algorithm.kl_mode == "reward" and cfg.algorithm.kl_coef > 0:
+            kl_logprobs = ray.get([learner.policy_logprobs.remote(batch), learner.reference_logprobs.remote(batch)])
+        batch.advantages = advantages_for(cfg, batch, rewards, kl_logprobs)
         t0 = time.perf_counter()
         metrics.update(ray.get(learner.train_step.remote(batch)))
         metrics["time/train_s"] = time.perf_counter() - t0

@@ -8,8 +8,8 @@ from .actor import RolloutWorker, rollout_actor_class
 from .embedded import EmbeddedEngine
 from .engines import ENGINES, make_engine
 from .params import Completion, SamplingParams
-from .sampling import filtered_logprobs, sample_tokens
+from .sampling import filtered_logprobs, keep_mask, sample_tokens
 from .vllm_engine import VLLMEngine
 
 __all__ = ["EmbeddedEngine", "Completion", "SamplingParams", "RolloutWorker", "ENGINES", "make_engine",
-           "rollout_actor_class", "filtered_logprobs", "sample_tokens", "VLLMEngine"]
+           "rollout_actor_class", "filtered_logprobs", "keep_mask", "sample_tokens", "VLLMEngine"]

@@ -11,7 +11,11 @@ Two uses, both off by default (coef 0 in the config):
     gradient is zero in expectation; k2's gradient is the gradient of KL(pi || pi_ref).
   - a reward penalty: token_rewards = -coef * kl_penalty(old_logprobs, ref_logprobs, "k1", mask)
     passed to compute_advantages("reinforce_pp", ...) (REINFORCE++, PPO-RLHF). It is detached:
-    the policy gradient carries it.
+    the policy gradient carries it. k1 because its sum over a response is the sequence log ratio,
+    whose expectation is exactly the KL: the return optimises E[R] - coef * KL.
+
+estimator=None means each use's default: k1 for kl_penalty (the reward), k3 for kl_loss (the
+config's algorithm.kl_estimator: null).
 """
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 LOG_RATIO_LIMIT = 20.0   # k3 exponentiates: clamp so it stays finite in float32
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1",
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str | None = "k1",
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token KL estimate [B, T] float32. With mask, padding is 0 (NaN-safe, 0 gradient).
 
     ref_logprobs are a constant; logprobs keep their gradient (detach them for a reward).
     """
+    estimator = "k1" if estimator is None else estimator
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {', '.join(KL_ESTIMATORS)}")
     if logprobs.shape != ref_logprobs.shape:
@@ -45,6 +50,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-            estimator: str = "k3", aggregation: str = "token", max_len: int | None = None) -> torch.Tensor:
+            estimator: str | None = "k3", aggregation: str = "token", max_len: int | None = None) -> torch.Tensor:
     """KL to the reference as a scalar loss term (multiply by the coefficient yourself)."""
+    estimator = "k3" if estimator is None else estimator
     return aggregate(kl_penalty(logprobs, ref_logprobs, estimator, mask), mask, aggregation, max_len)
