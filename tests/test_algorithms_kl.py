@@ -57,13 +57,52 @@ def test_kl_loss_aggregates_with_mask_and_only_differentiates_the_policy():
 
 
 def test_kl_as_reward_penalty_feeds_reinforce_pp():
-    # token_rewards = -coef * k1 on the old policy; with coef 0 (the default) nothing changes
-    logp, ref = torch.randn(2, 3), torch.randn(2, 3)
-    mask, rewards = torch.ones(2, 3), torch.tensor([1.0, 0.0])
-    penalty = -0.0 * kl_penalty(logp, ref, "k1", mask)
-    plain = compute_advantages("reinforce_pp", rewards, [0, 1], mask)
-    torch.testing.assert_close(compute_advantages("reinforce_pp", rewards, [0, 1], mask, token_rewards=penalty),
-                               plain)
+    # token_rewards = -coef * k1 on the old policy, summed into the returns, then whitened over the batch.
+    # Row 0 (reward 1, 3 tokens), row 1 (reward 0, 2 tokens); k1 = logp - ref:
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -3.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.7, -2.0, 0.0]])
+    mask, rewards, coef = torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([1.0, 0.0]), 0.5
+    penalty = -coef * kl_penalty(logp, ref, "k1", mask)            # [[-0.25, 0.5, 0], [-0.25, 0.5, 0]]
+    torch.testing.assert_close(penalty, torch.tensor([[-0.25, 0.5, 0.0], [-0.25, 0.5, 0.0]]))
+    # returns G_t = sum of token rewards from t on, the sequence reward on the last valid token:
+    #   row 0: x = (-0.25, 0.5, 1.0) -> G = (1.25, 1.5, 1.0);  row 1: x = (-0.25, 0.5) -> G = (0.25, 0.5)
+    returns = torch.tensor([1.25, 1.5, 1.0, 0.25, 0.5])
+    whitened = (returns - returns.mean()) / (returns.var(unbiased=False).sqrt() + 1e-6)
+    expected = torch.tensor([[*whitened[:3]], [*whitened[3:], 0.0]])
+    out = compute_advantages("reinforce_pp", rewards, [0, 1], mask, token_rewards=penalty)
+    torch.testing.assert_close(out, expected)
+    # and the penalty matters: without it the advantages differ
+    assert (compute_advantages("reinforce_pp", rewards, [0, 1], mask) - expected).abs().max() > 0.1
+
+
+def test_estimator_none_is_each_uses_default():
+    # the config's algorithm.kl_estimator: null means k1 as a reward penalty and k3 as a loss
+    logp, ref, mask = torch.log(torch.tensor([[0.5, 0.25]])), torch.log(torch.tensor([[0.25, 0.5]])), torch.ones(1, 2)
+    torch.testing.assert_close(kl_penalty(logp, ref, None), kl_penalty(logp, ref, "k1"))
+    torch.testing.assert_close(kl_loss(logp, ref, mask, estimator=None), kl_loss(logp, ref, mask, estimator="k3"))
+    assert kl_loss(logp, ref, mask, estimator=None).item() != pytest.approx(kl_loss(logp, ref, mask, "k1").item())
+
+
+def test_trainer_kl_reward_uses_the_learners_old_logprobs_and_k1():
+    """advantages_for takes (old, ref) from the learner; the engine's rollout logprobs play no part."""
+    from deltarl.rl.config import load_config
+    from deltarl.rl.samples import RolloutBatch
+    from deltarl.rl.trainer import advantages_for
+
+    cfg = load_config(None, ["algorithm.advantage=reinforce_pp", "algorithm.kl_mode=reward",
+                             "algorithm.kl_coef=0.5", "rollout.n=2"])
+    g = torch.Generator().manual_seed(0)
+    old, ref, engine = (torch.randn(4, 3, generator=g) for _ in range(3))
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    batch = RolloutBatch([[1]] * 4, [[2] * int(m.sum()) for m in mask], engine, mask, torch.tensor([0, 0, 1, 1]),
+                         torch.zeros(4, dtype=torch.bool))
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    out = advantages_for(cfg, batch, rewards, (old, ref))
+    expected = compute_advantages("reinforce_pp", rewards, batch.group_ids, mask,
+                                  token_rewards=-0.5 * (old - ref) * mask)
+    torch.testing.assert_close(out, expected)
+    batch.rollout_logprobs = torch.zeros(4, 3)
+    torch.testing.assert_close(advantages_for(cfg, batch, rewards, (old, ref)), expected)
 
 
 def test_bad_estimator():

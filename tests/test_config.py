@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deltarl.rl import algorithms
 from deltarl.rl.config import (ADVANTAGES, BUILTIN_REWARDS, KL_ESTIMATORS, LOSS_AGGREGATIONS, ConfigError,
                        RewardFunction, RunConfig, config_to_dict, load_config, save_config)
 
@@ -72,7 +73,7 @@ def test_dotted_override_into_a_mapping_field_keeps_its_other_keys():
 
 
 def test_int_accepted_for_float_and_stored_as_float():
-    cfg = load_config(None, ["algorithm.clip_high=1", "rollout.temperature=0"])
+    cfg = load_config(None, ["algorithm.clip_high=1", "rollout.temperature=2"])
     assert cfg.algorithm.clip_high == 1.0 and isinstance(cfg.algorithm.clip_high, float)
     assert isinstance(cfg.rollout.temperature, float)
 
@@ -92,7 +93,6 @@ def test_reward_entries_are_what_rewards_reward_spec_takes():
 
 
 def test_algorithm_choices_exist_in_rl_algorithms():
-    algorithms = pytest.importorskip("deltarl.rl.algorithms")
     assert set(ADVANTAGES) <= set(algorithms.ESTIMATORS)
     assert set(LOSS_AGGREGATIONS) <= set(algorithms.AGGREGATIONS)
     assert set(KL_ESTIMATORS) <= set(algorithms.KL_ESTIMATORS)
@@ -168,7 +168,9 @@ def test_wrong_type_names_the_field(override, message):
 @pytest.mark.parametrize("override, message", [
     ("algorithm.advantage=ppo", "algorithm.advantage: 'ppo' is not one of ['grpo', 'drgrpo', 'rloo', "
                                 "'reinforce_pp', 'reinforce_pp_baseline']"),
-    ("rollout.temperature=-0.1", "rollout.temperature: must be >= 0"),
+    ("rollout.temperature=-0.1", "rollout.temperature: must be > 0"),
+    ("rollout.temperature=0", "rollout.temperature: must be > 0: the learner divides the logits by it"),
+    ("rollout.eval_temperature=0", "rollout.eval_temperature: must be > 0"),
     ("algorithm.clip_low=1", "algorithm.clip_low: must be in [0, 1)"),
     ("rollout.top_p=0", "rollout.top_p: must be in (0, 1]"),
     ("rollout.top_k=0", "rollout.top_k: must be -1 (off) or >= 1"),
@@ -207,6 +209,26 @@ def test_typo_in_builtin_reward_suggests_the_nearest():
 ])
 def test_fields_that_contradict_each_other(overrides, message):
     assert message in error_of(overrides=overrides, check_files=False)
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
+def test_kl_as_a_reward_with_a_group_estimator_fails_naming_both_fields(advantage):
+    errors = error_of(overrides=["algorithm.kl_mode=reward", "algorithm.kl_coef=0.05",
+                                 f"algorithm.advantage={advantage}"])
+    assert errors.startswith("algorithm.kl_mode: 'reward' needs a per-token return estimator")
+    assert f"algorithm.advantage={advantage!r}" in errors and "algorithm.kl_mode=loss" in errors
+
+
+@pytest.mark.parametrize("advantage", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_kl_as_a_reward_runs_with_a_return_estimator_and_defaults_to_no_fixed_estimator(advantage):
+    cfg = load_config(None, ["algorithm.kl_mode=reward", "algorithm.kl_coef=0.05", f"algorithm.advantage={advantage}"])
+    assert cfg.algorithm.kl_estimator is None          # null: k1 as a reward, k3 as a loss (rl.algorithms.kl)
+    assert load_config(None, ["algorithm.kl_estimator=k2"]).algorithm.kl_estimator == "k2"
+
+
+def test_eval_temperature_defaults_to_the_rollout_temperature():
+    assert load_config(None, []).rollout.eval_temperature is None
+    assert load_config(None, ["rollout.eval_temperature=0.6"]).rollout.eval_temperature == 0.6
 
 
 def test_reinforce_pp_runs_with_one_sample_per_prompt():

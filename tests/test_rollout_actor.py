@@ -1,11 +1,10 @@
 """The embedded engine inside a Ray actor: same completions as in-process, weights updated remotely."""
 import pytest
+import ray
 import torch
 
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rollout import EmbeddedEngine, SamplingParams, make_engine, rollout_actor_class
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
