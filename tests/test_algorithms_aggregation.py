@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from deltarl.rl.algorithms import aggregate, aggregation_units, masked_mean, masked_sum
+from deltarl.rl.algorithms import aggregate, aggregation_numerator, loss_denominator, masked_mean, masked_sum
 
 NAN, INF = math.nan, math.inf
 
@@ -28,10 +28,13 @@ def test_hand_computed_aggregations():
     torch.testing.assert_close(masked_mean(VALUES, MASK, dim=-1), torch.tensor([2.0, 4.0, 0.0]))
 
 
-def test_units():
-    assert aggregation_units(MASK, "token").item() == 4
-    assert aggregation_units(MASK, "sequence").item() == 2
-    assert aggregation_units(MASK, "seq-mean-token-sum-norm").item() == 3
+def test_denominators_and_numerators():
+    assert loss_denominator(MASK, "token").item() == 4
+    assert loss_denominator(MASK, "sequence").item() == 2
+    assert loss_denominator(MASK, "seq-mean-token-sum-norm", max_len=10).item() == 30    # 3 rows x budget
+    assert aggregation_numerator(VALUES, MASK, "token").item() == 10.0
+    assert aggregation_numerator(VALUES, MASK, "sequence").item() == 6.0             # 6/3 + 4/1 + 0
+    assert aggregation_numerator(VALUES, MASK, "seq-mean-token-sum-norm").item() == 10.0
 
 
 @pytest.mark.parametrize("aggregation", ["token", "sequence", "seq-mean-token-sum-norm"])
@@ -55,17 +58,41 @@ def test_empty_mask_gives_zero_and_a_graph(aggregation):
     assert (x.grad == 0).all()
 
 
+def _split_batch(seed):
+    """A batch of 9 rows of 0-11 tokens (one row empty) cut into 3 micro-batches of different padded
+    widths: each micro-batch is trimmed to its own longest row, as the learner packs them."""
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 12, (9,), generator=g)
+    lengths[4] = 0
+    x = torch.randn(9, 12, generator=g)
+    mask = torch.arange(12)[None, :] < lengths[:, None]
+    cuts = [slice(0, 2), slice(2, 7), slice(7, 9)]
+    parts = [(x[c, :max(int(lengths[c].max()), 1)], mask[c, :max(int(lengths[c].max()), 1)]) for c in cuts]
+    return x, mask, parts
+
+
 @pytest.mark.parametrize("aggregation", ["token", "sequence", "seq-mean-token-sum-norm"])
-def test_micro_batch_rescaling_reproduces_the_whole_batch(aggregation):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 7, generator=g)
-    mask = torch.rand(6, 7, generator=g) > 0.4
-    mask[2] = False                                                    # one empty row
-    whole = aggregate(x, mask, aggregation, max_len=7)
-    total = aggregation_units(mask, aggregation)
-    parts = sum(aggregate(x[s], mask[s], aggregation, max_len=7) * aggregation_units(mask[s], aggregation) / total
-                for s in (slice(0, 2), slice(2, 6)))
-    torch.testing.assert_close(parts, whole)
+def test_micro_batches_with_the_global_denominator_sum_to_the_whole_batch(aggregation):
+    """Each micro-batch's reduction over the whole batch's denominator sums to the whole batch's value,
+    with micro-batches of different widths (Dr.GRPO's budget 16 is none of them)."""
+    x, mask, parts = _split_batch(seed=7)
+    whole = aggregate(x, mask, aggregation, max_len=16)
+    denominator = loss_denominator(mask, aggregation, max_len=16)
+    summed = sum(aggregate(v, m, aggregation, denominator=denominator) for v, m in parts)
+    torch.testing.assert_close(summed, whole)
+
+
+def test_drgrpo_divides_by_the_budget_not_the_padded_width():
+    """Dr.GRPO's constant is the fixed budget: the same rows padded to another width give the same value,
+    and it is not the micro-batch's longest row (what the learner once passed)."""
+    x, mask, parts = _split_batch(seed=11)
+    agg = "seq-mean-token-sum-norm"
+    wide = torch.cat([x, torch.full((9, 5), 99.0)], 1), torch.cat([mask, torch.zeros(9, 5, dtype=torch.bool)], 1)
+    torch.testing.assert_close(aggregate(*wide, agg, max_len=16), aggregate(x, mask, agg, max_len=16))
+    assert aggregate(x, mask, agg, max_len=16).item() == pytest.approx(masked_sum(x, mask).item() / (9 * 16))
+    by_width = sum(aggregate(v, m, agg, max_len=v.shape[1]) * v.shape[0] / 9 for v, m in parts)
+    assert abs(by_width.item() - aggregate(x, mask, agg, max_len=16).item()) > 1e-3
 
 
 def test_bad_arguments():

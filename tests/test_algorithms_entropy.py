@@ -54,6 +54,10 @@ def test_entropy_bonus_aggregates():
     assert entropy_bonus(ent, mask).item() == pytest.approx(2.0)
     assert entropy_bonus(ent, mask, "sequence").item() == pytest.approx(2.25)
     assert entropy_bonus(ent, torch.zeros(2, 3)).item() == 0.0
+    # Dr.GRPO: (1 + 2 + 3) / (2 rows x budget 5); the bonus weighs tokens as that loss does
+    assert entropy_bonus(ent, mask, "seq-mean-token-sum-norm", max_len=5).item() == pytest.approx(0.6)
+    # one micro-batch (row 1) of a step whose denominator is 2 sequences: its part is 3 / 2
+    assert entropy_bonus(ent[1:], mask[1:], "sequence", denominator=torch.tensor(2.0)).item() == pytest.approx(1.5)
 
 
 def test_bad_chunk_size():

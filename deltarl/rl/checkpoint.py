@@ -14,9 +14,31 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:06d}"
 
 
+def rng_state() -> dict:
+    """This process's RNG states (Python, NumPy, torch CPU and CUDA), as plain lists (JSON-able).
+    NumPy's state is all of it (key, position and the cached Gaussian), not just the key."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict):
+    """Restore what rng_state returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
 def save_trainer_state(folder: Path, step: int, position: int):
-    state = {"step": step, "position": position, "python_rng": repr(random.getstate()),
-             "numpy_rng": np.random.get_state()[1].tolist(), "torch_rng": torch.get_rng_state().tolist()}
+    state = {"step": step, "position": position, "rng": rng_state()}
     (folder / "trainer_state.json").write_text(json.dumps(state))
 
 
@@ -33,10 +55,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_trainer_state(folder: Path) -> dict:
+    """Read the trainer's state and restore its RNG states."""
     state = json.loads((folder / "trainer_state.json").read_text())
-    random.setstate(eval(state["python_rng"], {"__builtins__": {}}))   # a tuple of ints, written by repr
-    np.random.seed(0)
-    rng = np.random.get_state()
-    np.random.set_state((rng[0], np.array(state["numpy_rng"], dtype=np.uint32), *rng[2:]))
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    set_rng_state(state["rng"])
     return state

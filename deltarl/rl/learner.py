@@ -4,15 +4,18 @@ Sequences are packed into one row per micro-batch (`cu_seqlens`), so the chunkwi
 MLA layers see no padding. The optimizer is a DeepSpeed engine (ZeRO stage from the config) where
 DeepSpeed runs, or torch's AdamW with the same step otherwise: `backend` says which.
 """
+import contextlib
 import math
 import os
 from pathlib import Path
 
 import torch
 
-from deltarl.rl.algorithms import aggregation_units, entropy_from_logits, kl_loss, masked_mean, policy_loss
+from deltarl.rl.algorithms import (aggregate, entropy_bonus, entropy_from_logits, kl_penalty, loss_denominator,
+                                   masked_mean, policy_loss)
 from deltarl.rollout.sampling import keep_mask
 
+from . import checkpoint as ckpt
 from .samples import RolloutBatch, micro_batches, pad_right
 
 
@@ -49,16 +52,26 @@ def response_logprobs(model, prompt_ids, response_ids, temperature, top_k=-1, to
 
 
 class Learner:
-    """Holds the policy (and a frozen reference when KL is on); `train_step` is one policy update."""
+    """Holds the policy (and a frozen reference when KL is on); `train_step` is one policy update.
+
+    `model_path` is the run's initial policy, and the KL reference is always that model: a resumed
+    run starts here too and then `load`s its checkpoint over the policy (not over the reference).
+    `max_tokens` is the rollout's response budget (`rollout.max_tokens`), Dr.GRPO's fixed constant."""
 
     def __init__(self, model_path: str, cfg_learner, cfg_algorithm, temperature: float, total_steps: int,
-                 gradient_checkpointing: bool = False, top_k: int = -1, top_p: float = 1.0):
+                 gradient_checkpointing: bool = False, top_k: int = -1, top_p: float = 1.0,
+                 max_tokens: int | None = None):
         from transformers import AutoModelForCausalLM
 
         import deltarl.model as _register_kimi_linear  # noqa: F401
         if cfg_learner.threads:
             torch.set_num_threads(cfg_learner.threads)
         self.cfg, self.algo, self.temperature = cfg_learner, cfg_algorithm, temperature
+        if cfg_algorithm.loss_aggregation == "seq-mean-token-sum-norm" and not max_tokens:
+            raise ValueError("loss_aggregation 'seq-mean-token-sum-norm' (Dr.GRPO) needs the learner's "
+                             "max_tokens (rollout.max_tokens), its fixed normaliser")
+        self.max_tokens = max_tokens
+        self._exported = None      # ZeRO-3: gathered copies whose CUDA IPC handles an engine may hold
         self.top_k, self.top_p = top_k, top_p     # the rollout's filter: logprobs of the sampled distribution
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).train()
@@ -120,51 +133,73 @@ class Learner:
         return out
 
     def _update(self, batch: RolloutBatch) -> dict:
-        """Gradients of the loss over `batch` (in token-budget micro-batches), then one optimizer step."""
-        algo = self.algo
+        """Gradients of the loss over `batch` (in token-budget micro-batches), then one optimizer step.
+
+        The loss is normalised over the whole of `batch` (loss_denominator of its mask), and every
+        micro-batch contributes its sums over that denominator: the accumulated gradient is the
+        batch's, however it is split into micro-batches."""
         index_groups = micro_batches(batch, self.cfg.micro_batch_tokens)
-        total_units = aggregation_units(batch.mask, algo.loss_aggregation)
-        stats_sum, weight_sum = {}, 0.0
-        for index in index_groups:
+        denominator = loss_denominator(batch.mask, self.algo.loss_aggregation, self.max_tokens)
+        tokens = float(batch.mask.sum().clamp(min=1))
+        metrics = {}
+        for i, index in enumerate(index_groups):
             micro = batch.subset(index)
-            logp, entropy = response_logprobs(self.model, micro.prompt_ids, micro.response_ids, self.temperature,
-                                              self.top_k, self.top_p, with_entropy=True)
-            T = logp.shape[1]
-            mask, adv = micro.mask[:, :T].to(logp.device), micro.advantages[:, :T].to(logp.device)
-            rollout_lp = micro.rollout_logprobs[:, :T].to(logp.device)
-            old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs[:, :T].to(logp.device)
-            loss, stats = policy_loss(logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
-                                      aggregation=algo.loss_aggregation, max_len=T,
-                                      rollout_logprobs=rollout_lp, tis_cap=algo.tis_cap)
-            stats["entropy"] = masked_mean(entropy.detach(), mask)
-            if algo.entropy_coef:
-                loss = loss - algo.entropy_coef * masked_mean(entropy, mask)
-            if self.reference is not None and algo.kl_mode == "loss":
-                with torch.no_grad():
-                    ref, _ = response_logprobs(self.reference, micro.prompt_ids, micro.response_ids, self.temperature)
-                kl = kl_loss(logp, ref, mask, estimator=algo.kl_estimator, aggregation=algo.loss_aggregation, max_len=T)
-                loss = loss + algo.kl_coef * kl
-                stats["kl"] = kl.detach()
-            share = float(aggregation_units(micro.mask, algo.loss_aggregation) / total_units)
-            self._backward(loss * share)
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * share
-            weight_sum += share
-        metrics = {f"actor/{k}": v / max(weight_sum, 1e-12) for k, v in stats_sum.items()}
+            loss, stats = self._micro_loss(micro, denominator)
+            self._backward(loss, boundary=i == len(index_groups) - 1)
+            _merge_stats(metrics, stats, share=float(micro.mask.sum()) / tokens)
+        metrics = {f"actor/{k}": v for k, v in metrics.items()}
         metrics.update({"actor/grad_norm": self._step(), "actor/micro_batches": float(len(index_groups))})
         return metrics
 
-    def _backward(self, loss):
-        if self.engine is not None:
-            self.engine.backward(loss)
-        else:
+    def _micro_loss(self, micro: RolloutBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One micro-batch's part of the step's loss: policy loss - entropy bonus + KL loss, each its
+        sum over this micro-batch divided by the step's `denominator`, so the parts add up to the loss
+        of the whole step. Stats: loss terms are parts too; the rest are token means of this part."""
+        algo, agg = self.algo, self.algo.loss_aggregation
+        # through the DeepSpeed engine's forward, which counts the micro-steps (ZeRO-3 accumulates by them)
+        policy = self.model if self.engine is None else self.engine
+        logp, entropy = response_logprobs(policy, micro.prompt_ids, micro.response_ids, self.temperature,
+                                          self.top_k, self.top_p, with_entropy=True)           # [b, T]
+        T, device = logp.shape[1], logp.device
+        mask, adv = micro.mask[:, :T].to(device), micro.advantages[:, :T].to(device)
+        rollout_lp = micro.rollout_logprobs[:, :T].to(device)
+        old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs[:, :T].to(device)
+        loss, stats = policy_loss(logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
+                                  aggregation=agg, rollout_logprobs=rollout_lp, tis_cap=algo.tis_cap,
+                                  denominator=denominator)
+        stats["entropy"] = masked_mean(entropy.detach(), mask)
+        if algo.entropy_coef:
+            loss = loss - algo.entropy_coef * entropy_bonus(entropy, mask, agg, denominator=denominator)
+        if self.reference is not None and algo.kl_mode == "loss":
+            with torch.no_grad():
+                ref, _ = response_logprobs(self.reference, micro.prompt_ids, micro.response_ids, self.temperature)
+            estimator = algo.kl_estimator or "k3"     # null: k3, the loss default (config.md)
+            kl = aggregate(kl_penalty(logp, ref, estimator, mask), mask, agg, denominator=denominator)
+            loss = loss + algo.kl_coef * kl
+            stats["kl"] = kl.detach()
+        return loss, stats
+
+    def _backward(self, loss, boundary: bool):
+        """Accumulate `loss`'s gradient; `boundary` marks the optimizer step's last micro-batch.
+
+        DeepSpeed is told the boundary explicitly, so it reduces and steps only there (its config's
+        gradient_accumulation_steps stays 1, as the number of micro-batches varies from step to step),
+        and it must not divide by that count: the loss already is this micro-batch's part."""
+        if self.engine is None:
             loss.backward()
+            return
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
 
     def _step(self) -> float:
+        """One optimizer step on the accumulated gradient; returns its norm (before clipping)."""
         if self.engine is not None:
+            # a plain optimizer under DeepSpeed (stage 0, fp32) reports no norm: measure it first
+            plain = self.cfg.zero_stage == 0 and not self.cfg.bf16
+            own = _grad_norm(self.model) if plain else None
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
-            return float(norm) if norm is not None else float("nan")
+            return float(norm if norm is not None else own if own is not None else math.nan)
         clip = self.cfg.grad_clip if self.cfg.grad_clip else math.inf
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
         self.optimizer.step()
@@ -181,38 +216,123 @@ class Learner:
         return None if self.reference is None else self._logprobs(self.reference, batch)
 
     # --- weights and checkpoints ------------------------------------------------------------------
+    def _full_tensors(self, cpu: bool):
+        """(name, full tensor with its own storage) for each tensor of the policy's state dict, under
+        checkpoint names (what transformers and vLLM load). ZeRO-3 keeps only this rank's slice of a
+        parameter: each is gathered in turn, so one parameter at a time is held in full."""
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            with _gathered(tensor):
+                full = tensor.detach()
+                yield name, full.to("cpu", copy=True) if cpu else full.clone()
+
     def named_weights(self) -> dict:
-        """The policy's tensors under checkpoint names, on the CPU, for the rollout engines.
+        """The policy's full tensors under checkpoint names, on the CPU, for the rollout engines.
 
         Each tensor gets its own storage: DeepSpeed's ZeRO optimizer makes the parameters views into
         one flat buffer, and pickling a view (Ray's object store) writes the whole buffer, once per tensor."""
-        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
-                for k, v in self.model.state_dict().items()}
+        return dict(self._full_tensors(cpu=True))
 
     def weight_ipc_handles(self) -> bytes:
         """CUDA IPC handles of the policy's tensors, pickled, for a rollout engine on the same GPU: it maps
-        the learner's memory and copies from it. The handles point at the live parameters, so they stay
-        valid while the learner does not step (the trainer syncs between steps)."""
+        the learner's memory and copies from it. The handles point at the live parameters (under ZeRO-3
+        at gathered copies kept until the next call), so they stay valid while the learner does not step
+        (the trainer syncs between steps)."""
         import pickle
 
         from torch.multiprocessing.reductions import reduce_tensor
-        return pickle.dumps({k: reduce_tensor(v.detach()) for k, v in self.model.state_dict().items()})
+        if self._zero3():
+            self._exported = dict(self._full_tensors(cpu=False))
+            tensors = self._exported
+        else:
+            tensors = self.model.state_dict()
+        return pickle.dumps({k: reduce_tensor(v.detach()) for k, v in tensors.items()})
+
+    def broadcast_weights(self, address, bucket_mb: float) -> dict:
+        """Rank 0's side of a bucketed broadcast sync (`rollout.weight_sync: broadcast`; the wire format
+        is `deltarl.rollout.weight_transfer`'s): join the weight group at `address` on the first call,
+        then send the policy's tensors under checkpoint names, bucket by bucket, while every engine
+        receives. Under ZeRO-3 `_full_tensors` gathers one parameter at a time, so a bucket per dtype
+        plus one parameter is the most held in full. Returns {"bytes", "buckets", "seconds"}."""
+        from deltarl.rollout.weight_transfer import WeightSender, tensor_spec
+        if getattr(self, "_weight_sender", None) is None:
+            self._weight_sender = WeightSender()
+        specs = [tensor_spec(k, v) for k, v in self.model.state_dict(keep_vars=True).items()]
+        return self._weight_sender.send(address, specs, self._full_tensors(cpu=False), bucket_mb)
+
+    def _zero3(self) -> bool:
+        return self.engine is not None and self.cfg.zero_stage == 3
 
     def save(self, folder: str):
-        """Policy as a transformers checkpoint (vLLM loads it) plus the optimizer and scheduler state."""
+        """The policy as a transformers checkpoint (`policy/`, vLLM loads it; full tensors also under
+        ZeRO-3) plus everything a resume needs: with DeepSpeed its own checkpoint (`deepspeed/`: module,
+        optimizer state with the fp32 master weights, LR schedule), with torch the optimizer and the
+        schedule; and the learner process's RNG states."""
         folder = Path(folder)
-        self.model.save_pretrained(folder / "policy")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   folder / "optimizer.pt")
+        self.model.save_pretrained(folder / "policy", state_dict=self.named_weights())
+        state = {"rng": ckpt.rng_state()}
+        if self.engine is None:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        else:
+            self.engine.save_checkpoint(str(folder / "deepspeed"), tag=_DS_TAG, save_latest=False)
+        torch.save(state, folder / "learner_state.pt")
 
     def load(self, folder: str):
-        from safetensors.torch import load_file
+        """Restore what `save` wrote, strictly: a missing or unexpected tensor is an error. The reference
+        policy is left alone (it is the run's initial policy)."""
         folder = Path(folder)
-        state = load_file(folder / "policy" / "model.safetensors")
-        self.model.load_state_dict(state, strict=False)
-        saved = torch.load(folder / "optimizer.pt", weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
+        state = torch.load(folder / "learner_state.pt", weights_only=False)
+        if self.engine is None:
+            self.model.load_state_dict(_read_safetensors(folder / "policy"), strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag=_DS_TAG, load_module_strict=True,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint {_DS_TAG!r} under {folder / 'deepspeed'}")
+        ckpt.set_rng_state(state["rng"])
+
+
+_DS_TAG = "learner"
+_SUMMED_STATS = ("pg_loss", "kl")       # parts of the step's loss: the step's value is their sum
+_MAX_STATS = ("ratio_max",)
+
+
+def _merge_stats(into: dict, stats: dict, share: float):
+    """Fold one micro-batch's stats into the step's: loss parts add up, maxima take the max, token
+    means are weighted by the micro-batch's share of the step's tokens."""
+    for k, v in stats.items():
+        v = float(v)
+        if k in _SUMMED_STATS:
+            into[k] = into.get(k, 0.0) + v
+        elif k in _MAX_STATS:
+            into[k] = max(into.get(k, v), v)
+        else:
+            into[k] = into.get(k, 0.0) + v * share
+
+
+def _grad_norm(model) -> float:
+    """L2 norm of all parameter gradients."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def _gathered(tensor):
+    """A context in which a ZeRO-3-partitioned parameter holds its full data (read only); a no-op for
+    any other tensor."""
+    if not hasattr(tensor, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
+
+
+def _read_safetensors(folder: Path) -> dict:
+    """All tensors of a transformers checkpoint folder (one file or shards)."""
+    from safetensors.torch import load_file
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no model*.safetensors in {folder}")
+    return {k: v for f in files for k, v in load_file(f).items()}
 
 
 def _deepspeed_engine(model, optimizer, scheduler, cfg):
@@ -228,6 +348,8 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg):
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
+    # gradient_accumulation_steps 1: the learner marks each step's last micro-batch itself
+    # (set_gradient_accumulation_boundary), since the number of micro-batches varies per step
     ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                  "gradient_clipping": cfg.grad_clip or 0.0, "zero_optimization": {"stage": cfg.zero_stage},
                  "bf16": {"enabled": bool(cfg.bf16)}}

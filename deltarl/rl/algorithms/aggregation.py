@@ -13,10 +13,12 @@ nothing to average (a row with no response tokens, or a batch without any).
                                constant such as the generation budget (Dr.GRPO, Liu et al.
                                2025, "Understanding R1-Zero-Like Training": no length bias)
 
-The reductions act on the tensors they are given. With gradient accumulation over
-micro-batches, scale each micro-batch's loss by aggregation_units(micro mask) /
-aggregation_units(whole mini-batch mask) and sum: that reproduces the aggregation over the
-whole mini-batch.
+Each aggregation is a sum over the batch divided by a denominator that depends only on the
+mask (and the Dr.GRPO budget): aggregate = aggregation_numerator / loss_denominator. With
+gradient accumulation, compute the denominator once over the whole optimizer step's mask and
+pass it as `denominator=` to every micro-batch's reduction; the micro-batch losses then sum to
+the mini-batch's loss whatever the packing. (Data-parallel learners all-reduce the denominator
+first: it is a plain count.)
 """
 from __future__ import annotations
 
@@ -60,32 +62,42 @@ def _check_aggregation(aggregation: str, max_len: int | None) -> None:
                          "such as the generation budget, not the padded length of the batch)")
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "token",
-              max_len: int | None = None) -> torch.Tensor:
-    """Reduce per-token values [B, T] to a scalar float32 with one of AGGREGATIONS."""
+def aggregation_numerator(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "token") -> torch.Tensor:
+    """The sum that `aggregation` divides, scalar float32: the sum of valid values ("token",
+    "seq-mean-token-sum-norm") or the sum of each non-empty sequence's token mean ("sequence")."""
+    _check_aggregation(aggregation, 1)
+    mask = as_bool_mask(mask)
+    if aggregation != "sequence":
+        return masked_sum(values, mask)
+    per_seq_sum = masked_sum(values, mask, dim=-1)                       # [B]
+    return (per_seq_sum / mask.sum(-1).clamp(min=1)).sum()              # empty rows add 0
+
+
+def loss_denominator(mask: torch.Tensor, aggregation: str = "token", max_len: int | None = None) -> torch.Tensor:
+    """What `aggregation` divides by, a 0-dim float32 count: valid tokens ("token"), non-empty
+    sequences ("sequence") or sequences x max_len ("seq-mean-token-sum-norm", max_len the fixed
+    generation budget). Take it over the whole optimizer step, not a micro-batch."""
     _check_aggregation(aggregation, max_len)
     mask = as_bool_mask(mask)
     if aggregation == "token":
-        return masked_mean(values, mask)
-    per_seq_sum = masked_sum(values, mask, dim=-1)                       # [B]
-    if aggregation == "sequence":
-        lengths = mask.sum(-1)                                           # [B]
-        per_seq_mean = per_seq_sum / lengths.clamp(min=1)
-        return masked_mean(per_seq_mean, lengths > 0)
-    return per_seq_sum.sum() / max(per_seq_sum.numel(), 1) / max_len    # Dr.GRPO
+        count = mask.sum()
+    elif aggregation == "sequence":
+        count = mask.any(-1).sum()
+    else:
+        count = torch.tensor(mask.shape[0] * max_len, device=mask.device)
+    return count.float()
 
 
-def aggregation_units(mask: torch.Tensor, aggregation: str = "token") -> torch.Tensor:
-    """What `aggregation` averages over, as a 0-dim tensor: valid tokens ("token"), non-empty
-    sequences ("sequence") or all sequences ("seq-mean-token-sum-norm").
+def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "token",
+              max_len: int | None = None, denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Reduce per-token values [B, T] to a scalar float32 with one of AGGREGATIONS.
 
-    For gradient accumulation: loss_micro * units(micro) / units(mini-batch), summed over the
-    micro-batches, equals the aggregation over the whole mini-batch.
-    """
-    _check_aggregation(aggregation, 1)
-    mask = as_bool_mask(mask)
-    if aggregation == "token":
-        return mask.sum()
-    if aggregation == "sequence":
-        return mask.any(-1).sum()
-    return torch.tensor(mask.shape[0], device=mask.device)
+    denominator: loss_denominator of the whole optimizer step when `values` are one micro-batch
+    of it (then max_len is not needed); None: this batch's own. A zero denominator (nothing to
+    average) gives 0."""
+    if denominator is None:
+        denominator = loss_denominator(mask, aggregation, max_len)
+    else:
+        _check_aggregation(aggregation, 1)
+    denominator = torch.as_tensor(denominator, dtype=torch.float32, device=values.device)
+    return aggregation_numerator(values, mask, aggregation) / denominator.clamp(min=1)

@@ -37,6 +37,10 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.T
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, aggregation: str = "token",
-                  max_len: int | None = None) -> torch.Tensor:
-    """Aggregated entropy (scalar); the loss subtracts coef * entropy_bonus to keep exploring."""
-    return aggregate(entropy, mask, aggregation, max_len)
+                  max_len: int | None = None, denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Aggregated entropy (scalar); the loss subtracts coef * entropy_bonus to keep exploring.
+
+    Use the loss's own aggregation (and, per micro-batch, its denominator) so that the bonus
+    weighs each token exactly as the policy loss does: a token mean under "sequence" or Dr.GRPO
+    aggregation would favour long responses where the loss does not."""
+    return aggregate(entropy, mask, aggregation, max_len, denominator)

@@ -64,13 +64,14 @@ def _check_inputs(mask, clip_low, clip_high, tis_cap, **tensors) -> None:
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                 aggregation: str = "token", max_len: int | None = None,
-                rollout_logprobs: torch.Tensor | None = None,
-                tis_cap: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                rollout_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
+                denominator: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss (scalar float32, to minimise) and detached 0-dim stats.
 
     logprobs [B, T] carry the gradient; old_logprobs [B, T] are the learner's logprobs of the
     same tokens before this update (pass logprobs.detach() for a single on-policy step);
-    advantages [B, T]; mask [B, T]. aggregation / max_len: see aggregation.py.
+    advantages [B, T]; mask [B, T]. aggregation / max_len / denominator: see aggregation.py
+    (with micro-batches, pass the optimizer step's loss_denominator).
     rollout_logprobs [B, T] from the rollout engine plus tis_cap turn TIS on.
 
     stats: pg_loss; clip_frac_low / clip_frac_high (share of valid tokens whose gradient the
@@ -91,7 +92,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     if tis_cap is not None:
         weights = tis_weights(old_logprobs, rollout_logprobs, mask, tis_cap)      # [B, T]
         per_token = per_token * weights
-    loss = aggregate(per_token, mask, aggregation, max_len)
+    loss = aggregate(per_token, mask, aggregation, max_len, denominator)
 
     with torch.no_grad():
         low = (ratio < 1.0 - clip_low) & (adv < 0)
