@@ -41,6 +41,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 BACKENDS = ("deepspeed", "torch")
 PLACEMENTS = ("colocated", "split")
+WEIGHT_SYNCS = ("auto", "object_store", "broadcast", "ipc")
 BUILTIN_TOKENIZERS = ("builtin:char",)
 # Mirrors rewards.api.BUILTINS (tests/test_config.py checks that they agree); not imported because
 # importing rewards pulls in math-verify and sympy, which would make a config check slow.
@@ -118,6 +119,8 @@ class RolloutSection:
     max_batch_size: int = 64    # sequences decoded at once per worker
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
+    weight_sync: str = "auto"   # learner -> engines: auto, object_store, broadcast (bucketed), ipc
+    weight_sync_bucket_mb: float = 512   # broadcast: bucket size in MiB
     eval_temperature: float | None = None   # temperature of the pass@k samples; null: rollout.temperature
     eval_n: int = 4             # samples per eval prompt, for pass@k
 
@@ -560,6 +563,8 @@ def _check_rollout(r: RolloutSection, c: _Checker):
     c.at_least("rollout.max_tokens", r.max_tokens, 1)
     c.at_least("rollout.max_batch_size", r.max_batch_size, 1)
     c.within("rollout.gpu_memory_utilization", r.gpu_memory_utilization, 0, 1, low_open=True)
+    c.one_of("rollout.weight_sync", r.weight_sync, WEIGHT_SYNCS)
+    c.above("rollout.weight_sync_bucket_mb", r.weight_sync_bucket_mb, 0)
     c.above("rollout.eval_temperature", r.eval_temperature, 0)
     c.at_least("rollout.eval_n", r.eval_n, 1)
 
@@ -642,6 +647,10 @@ def _check_together(cfg: RunConfig, c: _Checker):
     if r.num_workers > 1 and cfg.ray.placement == "colocated":
         c.fail("rollout.num_workers", "must be 1 with ray.placement=colocated (one engine shares the learner's "
                                       "bundle); use ray.placement=split for more engines")
+    if r.weight_sync == "ipc" and (r.engine != "vllm" or cfg.ray.placement != "colocated"):
+        c.fail("rollout.weight_sync", "'ipc' needs rollout.engine=vllm and ray.placement=colocated (CUDA IPC "
+                                      "maps the learner's GPU memory into a vLLM engine on the same GPU); "
+                                      "allowed values: " + str(list(WEIGHT_SYNCS)))
     if a.mini_batches > r.prompts_per_step * r.n:
         c.fail("algorithm.mini_batches", f"must be <= the samples per step, rollout.prompts_per_step "
                                          f"* rollout.n ({r.prompts_per_step * r.n})")

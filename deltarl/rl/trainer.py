@@ -50,9 +50,12 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
 
 
 def initial_policy(cfg: RunConfig, run_dir: Path, tokenizer) -> str:
-    """A checkpoint folder to start from: the configured one, or a fresh small model saved in the run."""
+    """A checkpoint folder to start from: the configured one, or a fresh small model saved in the run
+    (made once: a resumed run finds it, as its KL reference)."""
     if cfg.model.path:
         return cfg.model.path
+    if (run_dir / "init" / "config.json").exists():
+        return str(run_dir / "init")
     from deltarl.model import KimiLinearForCausalLM, tiny_config
     torch.manual_seed(cfg.run.seed)
     config = tiny_config(vocab_size=-(-len(tokenizer) // 64) * 64, pad_token_id=tokenizer.pad_token_id,
@@ -107,8 +110,11 @@ class PromptStream:
         return out
 
 
-def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int):
+def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int,
+                 initial_path: str | None = None):
     """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors.
+    The engines start from `policy_path`; the learner from the run's initial policy `initial_path`
+    (its KL reference; a resume then loads the checkpoint into the learner).
 
     Returns (rollout actors, learner actor, whether an engine shares the learner's GPU)."""
     import ray
@@ -144,8 +150,9 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
                 for i in rollout_at]
     learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
         scheduling_strategy=strategy(learner_at)).remote(
-        policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
-        cfg.model.gradient_checkpointing, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p)
+        initial_path or policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
+        cfg.model.gradient_checkpointing, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
+        max_tokens=cfg.rollout.max_tokens)
     return rollouts, learner, bool(gpus) and cfg.ray.placement == "colocated"
 
 
@@ -168,16 +175,61 @@ def _contiguous(n, parts):
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def sync_weights(cfg, ray, rollouts, learner, shared_gpu: bool):
-    """New policy weights into every rollout engine: CUDA IPC handles when vLLM shares the learner's GPU
-    (device-to-device, nothing through host memory), the Ray object store otherwise (one copy put,
-    every engine reads it)."""
-    if shared_gpu and cfg.rollout.engine == "vllm":
+def weight_sync_mode(cfg, shared_gpu: bool) -> str:
+    """`rollout.weight_sync` resolved: `auto` is CUDA IPC where a vLLM engine shares the learner's GPU
+    and the Ray object store otherwise; `broadcast` is chosen explicitly."""
+    mode, vllm_shares = cfg.rollout.weight_sync, shared_gpu and cfg.rollout.engine == "vllm"
+    if mode == "auto":
+        return "ipc" if vllm_shares else "object_store"
+    if mode == "ipc" and not vllm_shares:
+        raise RuntimeError("rollout.weight_sync=ipc needs a vLLM engine on the learner's GPU; there is no GPU "
+                           "here. Use rollout.weight_sync=auto, object_store or broadcast")
+    return mode
+
+
+def open_weight_group(cfg, ray, rollouts, shared_gpu: bool):
+    """For `broadcast`: the weight group's TCPStore, hosted in this driver on a free port, and each
+    engine's first rank (rank 0 is the learner; an engine takes one rank per worker process).
+    Returns (store, address, base ranks), or None for the other modes. The backend is NCCL where the
+    learner and the engines hold GPUs of their own (split placement), gloo otherwise: on the CPU, and
+    on one shared GPU, where NCCL refuses two ranks. Keep the store alive while the run lasts."""
+    if weight_sync_mode(cfg, shared_gpu) != "broadcast":
+        return None
+    from deltarl.rollout.weight_transfer import host_store
+    sizes = ray.get([w.weight_ranks.remote() for w in rollouts])
+    bases = [1 + sum(sizes[:i]) for i in range(len(sizes))]
+    gpus = torch.cuda.is_available() or (cfg.ray.num_gpus or 0) > 0
+    store, address = host_store(1 + sum(sizes), "nccl" if gpus and cfg.ray.placement == "split" else "gloo")
+    return store, address, bases
+
+
+def sync_weights(cfg, ray, rollouts, learner, shared_gpu: bool, weight_group=None):
+    """New policy weights into every rollout engine, by `weight_sync_mode`: CUDA IPC handles when vLLM
+    shares the learner's GPU (device-to-device, nothing through host memory); a bucketed broadcast over
+    the weight group (`open_weight_group`), the learner sending while every engine receives; or the
+    Ray object store (one copy put, every engine reads it)."""
+    mode = weight_sync_mode(cfg, shared_gpu)
+    if mode == "ipc":
         payload = learner.weight_ipc_handles.remote()
         ray.get([w.update_weights_from_ipc.remote(payload) for w in rollouts])
+    elif mode == "broadcast":
+        _, address, bases = weight_group
+        refs = [learner.broadcast_weights.remote(address, cfg.rollout.weight_sync_bucket_mb)]
+        refs += [w.receive_weights.remote(address, base) for w, base in zip(rollouts, bases)]
+        _get_failing_fast(ray, refs)
     else:
         weights = learner.named_weights.remote()
         ray.get([w.update_weights.remote(weights) for w in rollouts])
+
+
+def _get_failing_fast(ray, refs):
+    """ray.get of every ref, raising as soon as any fails: the other members of a collective would
+    otherwise wait for the failed one until the group's timeout."""
+    pending, results = list(refs), {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        results[done[0]] = ray.get(done[0])
+    return [results[r] for r in refs]
 
 
 def score(cfg, tokenizer, rows, completions, specs):
@@ -290,13 +342,15 @@ def train(cfg: RunConfig) -> Path:
     resume_from = ckpt.latest_checkpoint(run_dir) if cfg.run.resume else None
     tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer != "builtin:char" or not cfg.model.path
                                else cfg.model.path)
-    policy_path = str(resume_from / "policy") if resume_from else initial_policy(cfg, run_dir, tokenizer)
+    initial_path = initial_policy(cfg, run_dir, tokenizer)       # the KL reference, also on resume
+    policy_path = str(resume_from / "policy") if resume_from else initial_path
     tokenizer_path = policy_path if (Path(policy_path) / "tokenizer_config.json").exists() else cfg.tokenizer
     train_rows, eval_rows = load_rows(cfg, tokenizer)
     specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
 
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
-    rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps)
+    rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
+    weight_group = open_weight_group(cfg, ray, rollouts, shared_gpu)
     if resume_from:
         ray.get(learner.load.remote(str(resume_from)))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
@@ -340,7 +394,7 @@ def train(cfg: RunConfig) -> Path:
         t0 = time.perf_counter()
         if shared_gpu:
             ray.get([w.wake_up.remote() for w in rollouts])
-        sync_weights(cfg, ray, rollouts, learner, shared_gpu)
+        sync_weights(cfg, ray, rollouts, learner, shared_gpu, weight_group)
         metrics["time/sync_s"] = time.perf_counter() - t0
         lengths = batch.mask.sum(1)
         metrics.update({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1

@@ -20,6 +20,18 @@ class RolloutWorker:
         self.engine.update_weights_from_ipc(payload)
         return True
 
+    def receive_weights(self, address, base_rank: int) -> dict:
+        """One bucketed broadcast sync (`weight_transfer`): this engine's workers take ranks base_rank,
+        base_rank + 1, ... of the weight group (one per vLLM worker; the embedded engine is one)."""
+        return self.engine.receive_weights(address, base_rank)
+
+    def weight_ranks(self) -> int:
+        """How many ranks of the weight group this engine takes (its worker processes)."""
+        return self.engine.weight_ranks()
+
+    def weights_digest(self) -> str:
+        return self.engine.weights_digest()
+
     def sleep(self):
         self.engine.sleep()
 

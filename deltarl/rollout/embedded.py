@@ -93,6 +93,23 @@ class EmbeddedEngine:
                     raise KeyError(f"update_weights: the model has no tensor named {name!r}")
                 own[name].copy_(tensor.to(own[name].device, own[name].dtype))
 
+    def receive_weights(self, address, rank: int) -> dict:
+        """One bucketed broadcast sync from the learner (`weight_transfer`): join the group as `rank` at
+        the first call, then load each bucket through `update_weights` as it arrives."""
+        from .weight_transfer import WeightReceiver
+        if not hasattr(self, "_receiver"):
+            self._receiver = WeightReceiver()
+        return self._receiver.receive(address, rank, self.update_weights)
+
+    def weight_ranks(self) -> int:
+        """One process: one rank of the weight group."""
+        return 1
+
+    def weights_digest(self) -> str:
+        """`weight_transfer.weights_digest` of the model's parameters and buffers."""
+        from .weight_transfer import weights_digest
+        return weights_digest([*self.model.named_parameters(), *self.model.named_buffers()])
+
     def sleep(self):
         """Hand the accelerator back: move the weights to host memory (nothing to free on the CPU)."""
         if self.device.type != "cpu":

@@ -62,6 +62,21 @@ class VLLMEngine:
         learner colocated on the same GPU."""
         self.llm.collective_rpc("load_ipc_handles", args=(payload,))
 
+    def receive_weights(self, address, base_rank: int) -> dict:
+        """One bucketed broadcast sync: every vLLM worker joins the weight group (at the first call) as
+        base_rank + its worker rank, receives the buckets and loads them (`WeightSyncExtension`)."""
+        from dataclasses import asdict, is_dataclass
+        plain = asdict(address) if is_dataclass(address) else dict(address)     # primitives cross vLLM's RPC
+        return self.llm.collective_rpc("receive_weights", args=(plain, base_rank))[0]
+
+    def weight_ranks(self) -> int:
+        """Worker processes of this engine (tensor x pipeline parallel), each a rank of the weight group."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def weights_digest(self) -> str:
+        """The served weights' digest (`weight_transfer.weights_digest`), from the first worker."""
+        return self.llm.collective_rpc("weights_digest")[0]
+
     def sleep(self):
         """Free the GPU for the learner: weights offloaded to host memory, KV cache dropped."""
         self.llm.sleep(level=1)

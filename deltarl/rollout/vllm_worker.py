@@ -32,3 +32,20 @@ class WeightSyncExtension:
         model.load_weights(weights=weights)
         torch.cuda.synchronize()
         return len(weights)
+
+    def receive_weights(self, address: dict, base_rank: int) -> dict:
+        """One bucketed broadcast sync (`deltarl.rollout.weight_transfer`): join the weight group as
+        base_rank + this worker's rank at the first call, then feed each bucket, as it arrives, through
+        the model's `load_weights` (checkpoint names; it knows vLLM's fused layouts)."""
+        from deltarl.rollout.weight_transfer import WeightReceiver
+        if not hasattr(self, "_deltarl_receiver"):
+            self._deltarl_receiver = WeightReceiver()
+        model = self.model_runner.get_model()
+        return self._deltarl_receiver.receive(address, base_rank + self.rank,
+                                              lambda pairs: model.load_weights(weights=pairs))
+
+    def weights_digest(self) -> str:
+        """`weight_transfer.weights_digest` of the served model: equal digests, bitwise-equal weights."""
+        from deltarl.rollout.weight_transfer import weights_digest
+        model = self.model_runner.get_model()
+        return weights_digest([*model.named_parameters(), *model.named_buffers()])
