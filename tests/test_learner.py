@@ -1,11 +1,29 @@
 """The learner's update schedule: one update per step by default, PPO epochs x mini-batches when asked,
-with the old logprobs frozen before the first update (torch backend, in-process)."""
+with the old logprobs frozen before the first update (torch and DeepSpeed ZeRO-2 backends, in-process)."""
+import os
+import socket
+
+import pytest
 import torch
 
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rl.config import AlgorithmSection, LearnerSection
 from deltarl.rl.learner import Learner, response_logprobs
 from deltarl.rl.samples import RolloutBatch, pad_right
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _distributed_env():
+    """A free port for the single-process gloo group DeepSpeed starts (others may run tests beside us)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+
+
+BACKENDS = ["torch", "deepspeed"]
 
 
 def make_checkpoint(path):
@@ -29,20 +47,24 @@ def make_batch(model, n=8):
     return batch
 
 
-def learner(path, **algo):
-    return Learner(path, LearnerSection(backend="torch", lr=1e-2), AlgorithmSection(**algo), temperature=1.0,
-                   total_steps=10)
+def learner(path, backend="torch", **algo):
+    actor = Learner(path, LearnerSection(backend=backend, zero_stage=2, lr=1e-2), AlgorithmSection(**algo),
+                    temperature=1.0, total_steps=10)
+    assert actor.backend == backend
+    return actor
 
 
-def test_one_update_per_step_by_default_with_ratio_one(tmp_path):
-    actor = learner(make_checkpoint(tmp_path / "m"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_update_per_step_by_default_with_ratio_one(tmp_path, backend):
+    actor = learner(make_checkpoint(tmp_path / "m"), backend)
     metrics = actor.train_step(make_batch(actor.model))
     assert metrics["actor/updates"] == 1.0
     assert abs(metrics["actor/ratio_mean"] - 1.0) < 1e-6 and metrics["actor/clip_frac"] == 0.0
 
 
-def test_ppo_epochs_and_mini_batches_take_that_many_steps_against_frozen_old_logprobs(tmp_path):
-    actor = learner(make_checkpoint(tmp_path / "m"), ppo_epochs=2, mini_batches=2)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ppo_epochs_and_mini_batches_take_that_many_steps_against_frozen_old_logprobs(tmp_path, backend):
+    actor = learner(make_checkpoint(tmp_path / "m"), backend, ppo_epochs=2, mini_batches=2)
     batch = make_batch(actor.model)
     before = {k: v.clone() for k, v in actor.model.state_dict().items()}
     metrics = actor.train_step(batch)
@@ -55,8 +77,9 @@ def test_ppo_epochs_and_mini_batches_take_that_many_steps_against_frozen_old_log
     assert metrics["actor/ratio_max"] > 1.0 + 1e-4
 
 
-def test_reference_logprobs_in_micro_batches_equal_one_packed_pass(tmp_path):
-    actor = Learner(make_checkpoint(tmp_path / "m"), LearnerSection(backend="torch", micro_batch_tokens=12),
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reference_logprobs_in_micro_batches_equal_one_packed_pass(tmp_path, backend):
+    actor = Learner(make_checkpoint(tmp_path / "m"), LearnerSection(backend=backend, micro_batch_tokens=12),
                     AlgorithmSection(kl_coef=0.1, kl_mode="reward"), temperature=1.0, total_steps=10)
     batch = make_batch(actor.model)
     with torch.no_grad():

@@ -4,9 +4,6 @@ The same batch split into 1, 3 or 7 micro-batches must give the same optimizer s
 (ZeRO 0-3, its CPU accelerator over gloo) and with the torch backend, for the three loss
 aggregations, with the entropy bonus, the KL loss and TIS on. Float32, a tiny Kimi Linear model.
 """
-import os
-import socket
-
 import pytest
 import torch
 
@@ -14,7 +11,7 @@ from deltarl.rl.algorithms import entropy_bonus, kl_loss, policy_loss
 from deltarl.rl.config import AlgorithmSection, LearnerSection
 from deltarl.rl.learner import Learner, response_logprobs
 from deltarl.rl.samples import RolloutBatch, micro_batches, pad_right
-from tests.test_learner import make_checkpoint
+from tests.test_learner import _distributed_env, make_checkpoint  # noqa: F401 (a fixture)
 
 SEED = 1234
 MAX_TOKENS = 9                     # the rollout's response budget: Dr.GRPO's constant
@@ -23,17 +20,6 @@ MAX_TOKENS = 9                     # the rollout's response budget: Dr.GRPO's co
 # direction still moves parameters by up to 2 * lr. The grad norm checks the gradient's scale.
 LR = 1e-5
 AGGREGATIONS = ["token", "sequence", "seq-mean-token-sum-norm"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _distributed_env():
-    """A free port for the single-process gloo group DeepSpeed starts (others may run tests beside us)."""
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
 
 
 @pytest.fixture(scope="module")
