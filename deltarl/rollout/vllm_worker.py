@@ -41,8 +41,11 @@ class WeightSyncExtension:
         if not hasattr(self, "_deltarl_receiver"):
             self._deltarl_receiver = WeightReceiver()
         model = self.model_runner.get_model()
-        return self._deltarl_receiver.receive(address, base_rank + self.rank,
-                                              lambda pairs: model.load_weights(weights=pairs))
+        device = next(model.parameters()).device
+
+        def load(pairs):           # over gloo the buckets arrive in host memory: to the GPU first
+            model.load_weights(weights=[(name, t.to(device, non_blocking=True)) for name, t in pairs])
+        return self._deltarl_receiver.receive(address, base_rank + self.rank, load)
 
     def weights_digest(self) -> str:
         """`weight_transfer.weights_digest` of the served model: equal digests, bitwise-equal weights."""
