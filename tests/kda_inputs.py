@@ -1,11 +1,23 @@
 """Random KDA inputs in realistic ranges, shared by the kernel tests."""
+import os
+
 import torch
 import torch.nn.functional as F
 
 
+def fresh_seed() -> int:
+    """A seed for one test: $KDA_TEST_SEED when set (to rerun a failure), else a new random one. Printed,
+    and pytest shows a failed test's output, so every failure names the seed that reproduces it."""
+    env = os.environ.get("KDA_TEST_SEED")
+    seed = int(env) if env else int.from_bytes(os.urandom(4), "little")
+    print(f"KDA_TEST_SEED={seed}")
+    return seed
+
+
 def kda_inputs(B, T, H, K, V, dtype=torch.float64, device="cpu", num_states=None, seed=None,
                normalized=True):
-    """q, k, v, g, beta, initial_state with unit-norm keys, decays exp(g) in (0, 1), beta in (0, 1)."""
+    """q, k, v, g, beta, initial_state with unit-norm keys, decays exp(g) in (0, 1), beta in (0, 1).
+    seed None draws one from torch's global generator (seeded per test from fresh_seed)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(torch.randint(0, 2**31, ())) if seed is None else seed)
 
@@ -26,6 +38,12 @@ def kda_inputs(B, T, H, K, V, dtype=torch.float64, device="cpu", num_states=None
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def max_rel_err(a, b):
+    """max |a - b| / max |b|: the largest error against the largest entry, for the gate-parameter
+    gradients (dA_log [H], ddt_bias [H*K]), sums whose single entries can cancel to near zero."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def gate_sum_scales(x, ref):
