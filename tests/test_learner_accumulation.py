@@ -154,10 +154,13 @@ def test_zero3_exports_full_weights_equal_to_zero0(checkpoint, batch, tmp_path):
     checkpoint's own names (what transformers and vLLM load), equal to a ZeRO-0 run's."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
-    names = set(load_file(f"{checkpoint}/model.safetensors"))
+    initial = load_file(f"{checkpoint}/model.safetensors")
+    names = set(initial)
     exported, saved = {}, {}
     for stage in (0, 3):
         actor = learner(checkpoint, "deepspeed", stage, "token", budget_for(batch, 3))
+        before = actor.named_weights()                 # ZeRO-3 right after initialize: all partitioned
+        assert set(before) == names and max_diff(before, initial) == 0.0
         actor.train_step(batch)
         exported[stage] = actor.named_weights()
         actor.save(str(tmp_path / f"zero{stage}"))
