@@ -104,6 +104,7 @@ CASES = [(b, s, a) for b, s in [("torch", 0), ("deepspeed", 3)] for a in AGGREGA
     ("deepspeed", 0, "sequence"), ("deepspeed", 1, "token"), ("deepspeed", 2, "seq-mean-token-sum-norm")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,stage,aggregation", CASES)
 def test_one_three_or_seven_micro_batches_give_the_same_step(checkpoint, batch, torch_step, backend, stage,
                                                              aggregation):

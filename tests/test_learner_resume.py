@@ -65,6 +65,7 @@ def draw_rng() -> list:
     return [random.random(), float(np.random.randn()), np.random.rand(2).tolist(), torch.rand(3).tolist()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,stage,bf16", [("torch", 0, False), ("deepspeed", 2, True), ("deepspeed", 3, False)])
 def test_resume_equals_the_uninterrupted_run(tmp_path, backend, stage, bf16):
     print(f"seeds: batches {SEED}, {SEED + 1}; RNG {SEED + 2}")
