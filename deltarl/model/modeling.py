@@ -130,11 +130,19 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
         return self.model.embed_tokens
 
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None,
-                cu_seqlens=None, labels=None, logits_to_keep=0, inputs_embeds=None, **kwargs):
-        """Logits [B, T, vocab] (or the last `logits_to_keep`); with `labels`, the mean next-token loss."""
+                cu_seqlens=None, labels=None, logits_to_keep=0, inputs_embeds=None, skip_logits=False, **kwargs):
+        """Logits [B, T, vocab] (or the last `logits_to_keep`); with `labels`, the mean next-token loss.
+
+        `skip_logits=True` stops before `lm_head`: logits is None and `hidden_states` is a 1-tuple of the
+        final (normed) hidden states [B, T, H], for callers that project a chunk of rows at a time so the
+        [B, T, vocab] logits never exist (`rl.logprobs`); through a DeepSpeed engine's forward, too."""
         out = self.model(input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                          use_cache=use_cache, cu_seqlens=cu_seqlens, inputs_embeds=inputs_embeds)
         hidden = out.last_hidden_state
+        if skip_logits:
+            if labels is not None:
+                raise ValueError("skip_logits leaves no logits to compute the labels' loss from")
+            return CausalLMOutputWithPast(logits=None, hidden_states=(hidden,), past_key_values=out.past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)

@@ -40,7 +40,9 @@ LOSS_AGGREGATIONS = ("token", "sequence", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("loss", "reward")
 BACKENDS = ("deepspeed", "torch")
+OFFLOADS = ("none", "optimizer", "optimizer_and_params")
 PLACEMENTS = ("colocated", "split")
+PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")    # Ray's placement group strategies
 WEIGHT_SYNCS = ("auto", "object_store", "broadcast", "ipc")
 BUILTIN_TOKENIZERS = ("builtin:char",)
 # Mirrors rewards.api.BUILTINS (tests/test_config.py checks that they agree); not imported because
@@ -183,7 +185,10 @@ class LearnerSection:
     warmup_steps: int = 0
     micro_batch_tokens: int = 4096
     bf16: bool = False
+    offload: str = "none"       # none | optimizer | optimizer_and_params (ZeRO-3): DeepSpeed's host offload
     threads: int | None = None  # torch CPU threads of a learner actor; None: Ray's (the actor's num_cpus)
+    num_workers: int = 1        # data-parallel learner ranks (Ray actors, one DeepSpeed rank each)
+    gpus_per_worker: int | None = None   # GPUs of each rank; None: 1 where the cluster has GPUs, 0 on the CPU
 
 
 @dataclass
@@ -191,7 +196,9 @@ class RaySection:
     address: str | None = None  # None: a local Ray, unless RAY_ADDRESS is set
     num_cpus: int | None = None
     num_gpus: int | None = None
-    placement: str = "colocated"
+    placement: str = "colocated"     # colocated: engine i beside learner rank i in one bundle; split: a bundle each
+    placement_strategy: str = "PACK"  # how Ray spreads the bundles over nodes: PACK, STRICT_PACK, SPREAD, STRICT_SPREAD
+    placement_timeout_s: float = 120  # give up (naming the fields) when the cluster cannot hold the bundles by then
 
 
 @dataclass
@@ -623,12 +630,37 @@ def _check_learner(l: LearnerSection, c: _Checker):
     c.at_least("learner.warmup_steps", l.warmup_steps, 0)
     c.at_least("learner.micro_batch_tokens", l.micro_batch_tokens, 1)
     c.at_least("learner.threads", l.threads, 1)
+    c.at_least("learner.num_workers", l.num_workers, 1)
+    c.at_least("learner.gpus_per_worker", l.gpus_per_worker, 0)
+    if l.num_workers > 1 and l.backend != "deepspeed":
+        c.fail("learner.num_workers", f"{l.num_workers} needs learner.backend=deepspeed (it reduces the ranks' "
+                                      f"gradients); learner.backend={l.backend!r} runs one rank: use num_workers=1")
+    _check_offload(l, c)
+
+
+def _check_offload(l: LearnerSection, c: _Checker):
+    """learner.offload is DeepSpeed's ZeRO-Offload: a ZeRO stage >= 1 for the optimizer, ZeRO-3 for the
+    parameters (only ZeRO-3 partitions them)."""
+    c.one_of("learner.offload", l.offload, OFFLOADS)
+    if l.offload == "none" or l.offload not in OFFLOADS:
+        return
+    if l.backend != "deepspeed":
+        c.fail("learner.offload", f"{l.offload!r} needs learner.backend 'deepspeed' (got {l.backend!r}); "
+                                  "use 'none' with the torch backend")
+    elif l.zero_stage < 1:
+        c.fail("learner.offload", f"{l.offload!r} needs learner.zero_stage >= 1 (got {l.zero_stage}): "
+                                  "DeepSpeed offloads the optimizer state of a ZeRO optimizer")
+    elif l.offload == "optimizer_and_params" and l.zero_stage != 3:
+        c.fail("learner.offload", f"'optimizer_and_params' needs learner.zero_stage 3 (got {l.zero_stage}): "
+                                  "only ZeRO-3 partitions the parameters; use 'optimizer'")
 
 
 def _check_ray(r: RaySection, c: _Checker):
     c.at_least("ray.num_cpus", r.num_cpus, 1)
     c.at_least("ray.num_gpus", r.num_gpus, 0)
     c.one_of("ray.placement", r.placement, PLACEMENTS)
+    c.one_of("ray.placement_strategy", r.placement_strategy, PLACEMENT_STRATEGIES)
+    c.above("ray.placement_timeout_s", r.placement_timeout_s, 0)
 
 
 def _check_together(cfg: RunConfig, c: _Checker):
@@ -644,9 +676,14 @@ def _check_together(cfg: RunConfig, c: _Checker):
                                     "algorithm.kl_mode=loss with it")
     if a.overlong_buffer > r.max_tokens:
         c.fail("algorithm.overlong_buffer", f"must be <= rollout.max_tokens ({r.max_tokens})")
-    if r.num_workers > 1 and cfg.ray.placement == "colocated":
-        c.fail("rollout.num_workers", "must be 1 with ray.placement=colocated (one engine shares the learner's "
-                                      "bundle); use ray.placement=split for more engines")
+    learners = cfg.learner.num_workers
+    if r.num_workers > learners >= 1 and cfg.ray.placement == "colocated":
+        c.fail("rollout.num_workers", f"must be <= learner.num_workers ({learners}) with ray.placement=colocated "
+                                      "(engine i shares learner rank i's bundle); use ray.placement=split for more "
+                                      "engines than learner ranks")
+    if (cfg.learner.gpus_per_worker or 0) > 1 and cfg.ray.placement == "colocated":
+        c.fail("learner.gpus_per_worker", "must be 0, 1 or null with ray.placement=colocated (a rank shares one "
+                                          "GPU with an engine); use ray.placement=split for ranks of several GPUs")
     if r.weight_sync == "ipc" and (r.engine != "vllm" or cfg.ray.placement != "colocated"):
         c.fail("rollout.weight_sync", "'ipc' needs rollout.engine=vllm and ray.placement=colocated (CUDA IPC "
                                       "maps the learner's GPU memory into a vLLM engine on the same GPU); "

@@ -11,44 +11,13 @@ from pathlib import Path
 
 import torch
 
-from deltarl.rl.algorithms import (aggregate, entropy_bonus, entropy_from_logits, kl_penalty, loss_denominator,
+from deltarl.rl.algorithms import (aggregate, entropy_bonus, kl_penalty, loss_denominator,
                                    masked_mean, policy_loss)
-from deltarl.rollout.sampling import keep_mask
 
 from . import checkpoint as ckpt
+from .logprobs import response_logprobs
 from .samples import RolloutBatch, micro_batches, pad_right
-
-
-def response_logprobs(model, prompt_ids, response_ids, temperature, top_k=-1, top_p=1.0, with_entropy=False):
-    """Pack (prompt + response) sequences into one row; return per-response-token logprobs [B, T]
-    (and entropies) of the rollout engine's sampling distribution: logits / temperature, then the
-    top-k / top-p filter with the engines' rules (`rollout.sampling.keep_mask`), renormalised. So the
-    PPO ratio and the TIS weight compare the same distribution the engine reports (`processed_logprobs`).
-    top_k=-1, top_p=1 give the plain log_softmax(logits / temperature) (the reference policy's KL).
-    Padding (past each response) is 0."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (the logits are divided by it), got {temperature}")
-    device = next(model.parameters()).device
-    ids = torch.tensor([t for p, r in zip(prompt_ids, response_ids) for t in (*p, *r)], device=device)[None]
-    p_len = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
-    r_len = torch.tensor([len(r) for r in response_ids], dtype=torch.long)
-    lengths = p_len + r_len
-    cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    logits = model(ids, cu_seqlens=cu.to(device=device, dtype=torch.int32)).logits[0]      # [total, V]
-    # response token j of sequence b sits at cu[b] + len(p_b) + j and is predicted one position earlier
-    width = max(1, int(r_len.max()) if r_len.numel() else 0)
-    j = torch.arange(width)
-    valid = j[None, :] < r_len[:, None]                                                      # [B, T]
-    token_pos = torch.where(valid, (cu[:-1] + p_len)[:, None] + j[None, :], 0)
-    valid, token_pos = valid.to(device), token_pos.to(device)
-    rows = logits[token_pos - 1 + (~valid).long()].float() / temperature                      # [B, T, V]
-    if top_k > 0 or top_p < 1.0:
-        rows = rows.masked_fill(~keep_mask(rows, top_k, top_p), float("-inf"))
-    targets = torch.where(valid, ids[0][token_pos], 0)
-    logp = rows.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-    logp = torch.where(valid, logp, 0.0)
-    entropy = torch.where(valid, entropy_from_logits(rows), 0.0) if with_entropy else None
-    return logp, entropy
+from .zero import deepspeed_config, load_partitioned, reference_engine, uses_zero3
 
 
 class Learner:
@@ -74,12 +43,21 @@ class Learner:
         self._exported = None      # ZeRO-3: gathered copies whose CUDA IPC handles an engine may hold
         self.top_k, self.top_p = top_k, top_p     # the rollout's filter: logprobs of the sampled distribution
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).train()
+        self.ds_config = deepspeed_config(cfg_learner)      # the engine's, zero.Init's and the reference's
+        # ZeRO-3: built under zero.Init and loaded a parameter at a time, never whole on one device
+        zero3 = uses_zero3(cfg_learner)
+        if zero3:
+            init_distributed()          # zero.Init partitions over the learner group
+        load = (lambda: load_partitioned(model_path, self.ds_config)) if zero3 else \
+            (lambda: AutoModelForCausalLM.from_pretrained(model_path).to(device))
+        self.model = load().train()
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.reference = None
+        self.reference, self.reference_engine = None, None
         if cfg_algorithm.kl_coef > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval().requires_grad_(False)
+            self.reference = load().eval().requires_grad_(False)
+            if zero3:     # stays partitioned: an optimizer-less engine's hooks gather it layer by layer
+                self.reference_engine = reference_engine(self.reference, self.ds_config)
         self.total_steps = total_steps
         self.backend = self._make_optimizer()
 
@@ -89,9 +67,14 @@ class Learner:
         return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
     def _make_optimizer(self):
+        """AdamW (DeepSpeed's CPU Adam, the same update, when the optimizer is offloaded to the host:
+        DeepSpeed refuses other optimizers there), its LR schedule, and the DeepSpeed engine if any."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                           weight_decay=self.cfg.weight_decay)
+        adamw = torch.optim.AdamW
+        if self.cfg.backend == "deepspeed" and self.cfg.offload != "none":
+            from deepspeed.ops.adam import DeepSpeedCPUAdam as adamw
+        self.optimizer = adamw(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                               weight_decay=self.cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.engine = None
         if self.cfg.backend == "deepspeed":
@@ -103,52 +86,76 @@ class Learner:
         """One RL step: `algorithm.ppo_epochs` passes over the batch, each split into
         `algorithm.mini_batches` optimizer steps. With a single update the old logprobs are the current
         policy's (the ratio starts at 1); with more, they are computed once before the first update.
-        The rollout engine's logprobs feed truncated importance sampling."""
+        The rollout engine's logprobs feed truncated importance sampling.
+
+        In a learner group (data-parallel ranks) every rank gets the whole batch and trains on the
+        samples `assign_ranks` gives it for the whole step; the mini-batch order is the same on every
+        rank. The metrics are then this rank's parts, which `learner_group.combine_metrics` adds up;
+        maxima are the largest over the step's updates."""
         self.model.train()
         algo = self.algo
+        owner = assign_ranks(batch, self._rank_world()[1])                     # [B] each sample's rank
         if algo.ppo_epochs * algo.mini_batches > 1:
-            batch.old_logprobs = self._logprobs(self.model, batch)
+            batch.old_logprobs = self._logprobs(self.model, batch, owner)      # this rank's rows, 0 elsewhere
         order = torch.Generator().manual_seed(self.scheduler.last_epoch)   # mini-batch shuffle, resumable
         totals, updates = {}, 0
         for _ in range(algo.ppo_epochs):
             perm = torch.randperm(batch.size, generator=order) if algo.mini_batches > 1 else torch.arange(batch.size)
             for part in perm.tensor_split(algo.mini_batches):
-                for k, v in self._update(batch.subset(sorted(part.tolist()))).items():
-                    totals[k] = totals.get(k, 0.0) + v
+                index = sorted(part.tolist())
+                for k, v in self._update(batch.subset(index), [owner[i] for i in index]).items():
+                    totals[k] = max(totals.get(k, v), v) if k in MAX_METRICS else totals.get(k, 0.0) + v
                 updates += 1
-        metrics = {k: v / updates for k, v in totals.items()}
+        metrics = {k: v if k in MAX_METRICS else v / updates for k, v in totals.items()}
         metrics.update({"actor/lr": self.scheduler.get_last_lr()[0], "actor/updates": float(updates)})
         return metrics
 
+    def _rank_world(self) -> tuple[int, int]:
+        """(this learner's data-parallel rank, the number of ranks): (0, 1) outside a learner group."""
+        import torch.distributed as dist
+        if self.engine is None or not dist.is_initialized():
+            return 0, 1
+        return dist.get_rank(), dist.get_world_size()
+
     @torch.no_grad()
-    def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """`model`'s logprobs of every response token, [B, T] like batch.mask, on the CPU, computed in the
-        same token-budget micro-batches as the update."""
+    def _logprobs(self, model, batch: RolloutBatch, owner: list[int] | None = None) -> torch.Tensor:
+        """`model`'s logprobs of this rank's response tokens, [B, T] like batch.mask, on the CPU (0 in
+        the rows of other ranks' samples: a group adds the ranks' results), computed in the same
+        token-budget micro-batches as the update. Every rank runs as many forwards as the busiest one
+        (ZeRO-3 gathers parameters in each forward, a collective). `owner`: assign_ranks of `batch`."""
+        rank, world = self._rank_world()
+        owner = assign_ranks(batch, world) if owner is None else owner
         out = torch.zeros_like(batch.mask, dtype=torch.float32)
-        for index in micro_batches(batch, self.cfg.micro_batch_tokens):
-            micro = batch.subset(index)
-            filters = (-1, 1.0) if model is self.reference else (self.top_k, self.top_p)
+        filters = (-1, 1.0) if model is self.reference else (self.top_k, self.top_p)
+        for index in rank_micro_batches(batch, owner, world, self.cfg.micro_batch_tokens)[rank]:
+            micro = batch.subset(index) if index is not None else padding_micro_batch(batch)
             logp, _ = response_logprobs(model, micro.prompt_ids, micro.response_ids, self.temperature, *filters)
-            out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])[None, :]] = logp.float().cpu()
+            if index is not None:
+                out[torch.tensor(index)[:, None], torch.arange(logp.shape[1])[None, :]] = logp.float().cpu()
         return out
 
-    def _update(self, batch: RolloutBatch) -> dict:
+    def _update(self, batch: RolloutBatch, owner: list[int]) -> dict:
         """Gradients of the loss over `batch` (in token-budget micro-batches), then one optimizer step.
 
         The loss is normalised over the whole of `batch` (loss_denominator of its mask), and every
         micro-batch contributes its sums over that denominator: the accumulated gradient is the
-        batch's, however it is split into micro-batches."""
-        index_groups = micro_batches(batch, self.cfg.micro_batch_tokens)
-        denominator = loss_denominator(batch.mask, self.algo.loss_aggregation, self.max_tokens)
+        batch's, however it is split into micro-batches. In a group of W ranks each rank runs its own
+        samples (`owner` [b]) and as many micro-batches as the busiest rank (padding ones weigh 0), so
+        every rank reduces gradients equally often; DeepSpeed averages the ranks' gradients, so each
+        loss is multiplied by W and the average is the whole batch's gradient."""
+        rank, world = self._rank_world()
+        plan = rank_micro_batches(batch, owner, world, self.cfg.micro_batch_tokens)[rank]
+        denominator = loss_denominator(batch.mask, self.algo.loss_aggregation, self.max_tokens)  # all ranks'
         tokens = float(batch.mask.sum().clamp(min=1))
         metrics = {}
-        for i, index in enumerate(index_groups):
-            micro = batch.subset(index)
+        for i, index in enumerate(plan):
+            micro = batch.subset(index) if index is not None else padding_micro_batch(batch)
             loss, stats = self._micro_loss(micro, denominator)
-            self._backward(loss, boundary=i == len(index_groups) - 1)
-            _merge_stats(metrics, stats, share=float(micro.mask.sum()) / tokens)
+            self._backward(loss * world, boundary=i == len(plan) - 1)
+            if index is not None:
+                _merge_stats(metrics, stats, share=float(micro.mask.sum()) / tokens)
         metrics = {f"actor/{k}": v for k, v in metrics.items()}
-        metrics.update({"actor/grad_norm": self._step(), "actor/micro_batches": float(len(index_groups))})
+        metrics.update({"actor/grad_norm": self._step(), "actor/micro_batches": float(len(plan))})
         return metrics
 
     def _micro_loss(self, micro: RolloutBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -208,11 +215,13 @@ class Learner:
         return float(norm)
 
     def policy_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """The current (= old, before this step's update) policy's logprobs [B, T], for KL as a reward."""
+        """The current (= old, before this step's update) policy's logprobs [B, T], for KL as a reward
+        (in a group: this rank's rows, 0 elsewhere)."""
         return self._logprobs(self.model, batch)
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
-        """Reference-policy logprobs [B, T] (for KL as a reward penalty), or None when KL is off."""
+        """Reference-policy logprobs [B, T] (for KL as a reward penalty; in a group this rank's rows, 0
+        elsewhere), or None when KL is off."""
         return None if self.reference is None else self._logprobs(self.reference, batch)
 
     # --- weights and checkpoints ------------------------------------------------------------------
@@ -225,11 +234,23 @@ class Learner:
                 full = tensor.detach()
                 yield name, full.to("cpu", copy=True) if cpu else full.clone()
 
-    def named_weights(self) -> dict:
-        """The policy's full tensors under checkpoint names, on the CPU, for the rollout engines.
+    def _join_gathers(self):
+        """A rank other than 0 under ZeRO-3: take part in each parameter's gather that rank 0's export
+        runs (a collective), in the same order, keeping nothing."""
+        for tensor in self.model.state_dict(keep_vars=True).values():
+            with _gathered(tensor):
+                pass
+
+    def named_weights(self) -> dict | None:
+        """The policy's full tensors under checkpoint names, on the CPU, for the rollout engines; None on
+        a group's other ranks (under ZeRO-3 they take part in the gathers).
 
         Each tensor gets its own storage: DeepSpeed's ZeRO optimizer makes the parameters views into
         one flat buffer, and pickling a view (Ray's object store) writes the whole buffer, once per tensor."""
+        if self._rank_world()[0] != 0:
+            if self._zero3():
+                self._join_gathers()
+            return None
         return dict(self._full_tensors(cpu=True))
 
     def weight_ipc_handles(self) -> bytes:
@@ -252,8 +273,13 @@ class Learner:
         is `deltarl.rollout.weight_transfer`'s): join the weight group at `address` on the first call,
         then send the policy's tensors under checkpoint names, bucket by bucket, while every engine
         receives. Under ZeRO-3 `_full_tensors` gathers one parameter at a time, so a bucket per dtype
-        plus one parameter is the most held in full. Returns {"bytes", "buckets", "seconds"}."""
-        from deltarl.rollout.weight_transfer import WeightSender, tensor_spec
+        plus one parameter is the most held in full. Returns {"bytes", "buckets", "seconds"}; a group's
+        other ranks send nothing and return None (under ZeRO-3 they take part in the gathers)."""
+        from deltarl.rollout.weight_transfer import WeightSender
+        if self._rank_world()[0] != 0:
+            if self._zero3():
+                self._join_gathers()
+            return None, tensor_spec
         if getattr(self, "_weight_sender", None) is None:
             self._weight_sender = WeightSender()
         specs = [tensor_spec(k, v) for k, v in self.model.state_dict(keep_vars=True).items()]
@@ -266,21 +292,38 @@ class Learner:
         """The policy as a transformers checkpoint (`policy/`, vLLM loads it; full tensors also under
         ZeRO-3) plus everything a resume needs: with DeepSpeed its own checkpoint (`deepspeed/`: module,
         optimizer state with the fp32 master weights, LR schedule), with torch the optimizer and the
-        schedule; and the learner process's RNG states."""
+        schedule; and the learner process's RNG states.
+
+        In a group every rank calls it: DeepSpeed writes each rank's optimizer partition, rank 0 the
+        transformers checkpoint, and each rank its RNG states (`learner_state[_rank<r>].pt`, with the
+        number of ranks, which `load` checks)."""
         folder = Path(folder)
-        self.model.save_pretrained(folder / "policy", state_dict=self.named_weights())
-        state = {"rng": ckpt.rng_state()}
+        folder.mkdir(parents=True, exist_ok=True)
+        rank, world = self._rank_world()
+        weights = self.named_weights()                     # under ZeRO-3 every rank joins the gathers
+        if rank == 0:
+            self.model.save_pretrained(folder / "policy", state_dict=weights)
+        state = {"rng": ckpt.rng_state(), "world_size": world}
         if self.engine is None:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         else:
             self.engine.save_checkpoint(str(folder / "deepspeed"), tag=_DS_TAG, save_latest=False)
-        torch.save(state, folder / "learner_state.pt")
+        torch.save(state, folder / _state_file(rank))
 
     def load(self, folder: str):
         """Restore what `save` wrote, strictly: a missing or unexpected tensor is an error. The reference
-        policy is left alone (it is the run's initial policy)."""
+        policy is left alone (it is the run's initial policy). A checkpoint written by another number
+        of ranks is refused (every rank reads rank 0's file, so all refuse before any collective)."""
         folder = Path(folder)
-        state = torch.load(folder / "learner_state.pt", weights_only=False)
+        rank, world = self._rank_world()
+        state = torch.load(folder / _state_file(0), weights_only=False)
+        saved = state.get("world_size", 1)
+        if saved != world:
+            raise ValueError(f"checkpoint {folder} was written by {saved} learner rank(s) (learner.num_workers="
+                             f"{saved}) and this run has {world} (learner.num_workers={world}): DeepSpeed's "
+                             f"optimizer state is partitioned per rank. Resume with learner.num_workers={saved}")
+        if rank != 0:
+            state = torch.load(folder / _state_file(rank), weights_only=False)
         if self.engine is None:
             self.model.load_state_dict(_read_safetensors(folder / "policy"), strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -296,6 +339,49 @@ class Learner:
 _DS_TAG = "learner"
 _SUMMED_STATS = ("pg_loss", "kl")       # parts of the step's loss: the step's value is their sum
 _MAX_STATS = ("ratio_max",)
+MAX_METRICS = tuple(f"actor/{k}" for k in _MAX_STATS)     # a step's (and a group's) value is the largest
+SAME_METRICS = ("actor/grad_norm", "actor/lr", "actor/updates", "actor/micro_batches")  # equal on all ranks
+
+
+def _state_file(rank: int) -> str:
+    return "learner_state.pt" if rank == 0 else f"learner_state_rank{rank}.pt"
+
+
+def assign_ranks(batch: RolloutBatch, world: int) -> list[int]:
+    """The data-parallel rank that computes each sample for a whole step, [B]: longest first (prompt +
+    response tokens), each to the rank with the fewest tokens so far (the lowest rank on ties).
+    Deterministic, so every rank, given the whole batch, computes the same assignment."""
+    sizes = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    load, owner = [0] * world, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        owner[i] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[i]] += sizes[i]
+    return owner
+
+
+def rank_micro_batches(batch: RolloutBatch, owner: list[int], world: int, budget: int) -> list[list]:
+    """Each rank's micro-batches of `batch` (lists of sample indices into it), its samples packed in
+    `budget`-token micro-batches, then padded with None to the same count on every rank (at least
+    one): a padding micro-batch still runs forward and backward, with zero weight, so every rank
+    reduces gradients (and ZeRO-3 gathers parameters) the same number of times."""
+    plans = []
+    for r in range(world):
+        mine = [i for i in range(batch.size) if owner[i] == r]
+        plans.append([[mine[j] for j in group] for group in micro_batches(batch.subset(mine), budget)] if mine
+                     else [])
+    count = max(1, *(len(p) for p in plans))
+    return [p + [None] * (count - len(p)) for p in plans]
+
+
+def padding_micro_batch(batch: RolloutBatch) -> RolloutBatch:
+    """A micro-batch that weighs nothing: `batch`'s shortest sample with its mask and advantages zeroed
+    (its loss is 0 and so is its gradient, but the forward and backward run)."""
+    shortest = min(range(batch.size), key=lambda i: (len(batch.prompt_ids[i]) + len(batch.response_ids[i]), i))
+    micro = batch.subset([shortest])
+    micro.mask = torch.zeros_like(micro.mask)
+    if micro.advantages is not None:
+        micro.advantages = torch.zeros_like(micro.advantages)
+    return micro
 
 
 def _merge_stats(into: dict, stats: dict, share: float):
@@ -335,6 +421,33 @@ def _read_safetensors(folder: Path) -> dict:
     return {k: v for f in files for k, v in load_file(f).items()}
 
 
+def init_distributed():
+    """Join the learners' process group, once per process: NCCL where CUDA is, gloo on the CPU (decided by
+    torch.cuda.is_available(), not by what Ray assigned: a fake GPU on a CPU machine stays on gloo).
+
+    The rendezvous comes from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, which a
+    learner group sets on each rank; alone (no group), this process is rank 0 of 1 on a free local port,
+    so two jobs on one node do not collide."""
+    import deepspeed
+    import torch.distributed as dist
+    if dist.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")))
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                               auto_mpi_discovery=False, verbose=False)
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port nobody listens on at `host` now (the OS picks it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _deepspeed_engine(model, optimizer, scheduler, cfg):
     """A DeepSpeed engine around the model and our optimizer (on the CPU DeepSpeed uses its CPU
     accelerator and gloo), or None where DeepSpeed is not installed: the torch path then takes the
@@ -343,15 +456,7 @@ def _deepspeed_engine(model, optimizer, scheduler, cfg):
         import deepspeed
     except ImportError:
         return None
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    # gradient_accumulation_steps 1: the learner marks each step's last micro-batch itself
-    # (set_gradient_accumulation_boundary), since the number of micro-batches varies per step
-    ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                 "gradient_clipping": cfg.grad_clip or 0.0, "zero_optimization": {"stage": cfg.zero_stage},
-                 "bf16": {"enabled": bool(cfg.bf16)}}
+    init_distributed()
+    ds_config = deepspeed_config(cfg)     # the same config zero.Init built a ZeRO-3 model with
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
