@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["run.steps=3", "run.eval_every=3", "run.save_every=2", "run.progress_bar=false",
@@ -65,33 +66,66 @@ def test_split_placement_with_two_engines_and_ppo_epochs(tmp_path):
     assert steps[2]["data/position"] == 10.0 and "eval/greedy_accuracy" in steps[2]
 
 
-def test_kill_9_then_resume_loses_and_repeats_no_step(tmp_path):
-    args = [*SMALL, "run.steps=5", "run.save_every=1", "run.eval_every=0", f"run.output_dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "run_rl.py", "--config", "configs/tiny_cpu.yaml", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    deadline = time.time() + 400
+def policy_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def kill_when_checkpointed(args, tmp_path, at_least: int) -> Path:
+    """Start a run, kill -9 its whole process group once checkpoint `at_least` exists; its run dir."""
+    log = tmp_path.parent / f"{tmp_path.name}.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "run_rl.py", "--config", "configs/tiny_cpu.yaml", *args], cwd=ROOT,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 600
     run_dir = None
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         found = list(tmp_path.glob("*/checkpoints/latest"))
-        if found and found[0].read_text().strip() >= "step_000002":
+        if found and found[0].read_text().strip() >= f"step_{at_least:06d}":
             run_dir = found[0].parent.parent
             break
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert run_dir is not None, "no checkpoint appeared"
+    exited = proc.poll()
+    if exited is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert run_dir is not None, f"no checkpoint appeared (run exit code {exited}):\n{log.read_text()[-3000:]}"
+    return run_dir
+
+
+def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    """Killed after its step-2 checkpoint and resumed, a run repeats and loses no step, and its final
+    policy equals, bit for bit, that of the same run left alone: the optimizer state, LR schedule, RNG,
+    data position, sampling seeds and the KL reference (the initial policy) all came back."""
+    common = [*SMALL, "run.steps=5", "run.save_every=1", "run.eval_every=0", "learner.micro_batch_tokens=64"]
+    whole = run_rl([*common, f"run.output_dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    whole_dir = run_dir_of(whole.stdout)
+
+    args = [*common, f"run.output_dir={tmp_path / 'killed'}"]
+    run_dir = kill_when_checkpointed(args, tmp_path / "killed", at_least=2)
     killed_at = json.loads((run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
                             / "trainer_state.json").read_text())
     assert killed_at["step"] < 5
-
     resumed = run_rl([*args, f"resume={run_dir}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    steps = metrics_by_step(run_dir)
+
+    steps, reference = metrics_by_step(run_dir), metrics_by_step(whole_dir)
     assert sorted(s for s in steps if s > 0) == [1, 2, 3, 4, 5]
     positions = [steps[s]["data/position"] for s in range(1, 6)]
     assert positions == [4.0 * s for s in range(1, 6)]            # 4 prompts a step, none skipped or redone
+    assert all(steps[s]["actor/micro_batches"] > 1 for s in range(1, 6))   # accumulation was exercised
+    for key in ("reward/mean", "actor/grad_norm", "actor/kl", "actor/lr"):
+        assert [steps[s].get(key) for s in range(1, 6)] == [reference[s].get(key) for s in range(1, 6)], key
     final = json.loads((run_dir / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
     assert (final["step"], final["position"]) == (5, 20)
+    ours, theirs = policy_tensors(run_dir / "final" / "policy"), policy_tensors(whole_dir / "final" / "policy")
+    assert ours.keys() == theirs.keys() and ours
+    different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
 
 
 def test_bad_config_fails_fast_with_the_field_named():
