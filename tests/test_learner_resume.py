@@ -55,6 +55,18 @@ def training_state(actor, folder) -> dict:
     return state
 
 
+def full_state_dict(model) -> dict:
+    """`model`'s tensors in full: a ZeRO-3 model (built under zero.Init) holds only partitions, so its
+    parameters are gathered for the copy."""
+    import contextlib
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if partitioned:
+        import deepspeed
+        gathered = deepspeed.zero.GatheredParameters(partitioned)
+    with gathered if partitioned else contextlib.nullcontext():
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def set_rng(seed):
     """Known RNG states, with a Gaussian cached in NumPy's (a state the key alone does not hold)."""
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
@@ -95,7 +107,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, backend, stage, bf16):
     resumed.load(str(tmp_path / "step1"))
     assert draw_rng() == rng_at_save                                # as the uninterrupted run drew
     assert not same(resumed.named_weights(), policy_at_save)
-    reference = {k: v for k, v in resumed.reference.state_dict().items()}
+    reference = full_state_dict(resumed.reference)
     assert not same(reference, initial)                             # the KL reference is the initial policy
     assert same(reference, {k: v.to(reference[k].dtype) for k, v in policy_at_save.items()})  # ... not step 1's
     resumed.train_step(second)
