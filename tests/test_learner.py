@@ -16,11 +16,16 @@ from deltarl.rl.samples import RolloutBatch, pad_right
 def _distributed_env():
     """A free port for the single-process gloo group DeepSpeed starts (others may run tests beside us)."""
     import torch.distributed as dist
+
+    from tests.conftest import RENDEZVOUS, restore_environment
+    saved = {name: os.environ.get(name) for name in RENDEZVOUS}
     if not dist.is_initialized():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
         os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    yield
+    restore_environment(saved)
 
 
 BACKENDS = ["torch", "deepspeed"]
