@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q "$(PIP_SPEC)"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]"
-	# DeepSpeed's CPU collective op is compiled on first use; build it once here, not inside a run
-	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+	# DeepSpeed compiles its CPU ops on first use (the collective op; CPU Adam for learner.offload):
+	# build them once here, not inside a run or a test
+	$(PY) -c "from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load()"
 	touch $@
 
 run: $(VENV)/.installed
