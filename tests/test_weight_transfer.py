@@ -8,7 +8,7 @@ import torch
 
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rl.config import load_config
-from deltarl.rl.learner import Learner
+from deltarl.rl.learner_group import start_learner_group
 from deltarl.rl.trainer import open_weight_group, sync_weights
 from deltarl.rollout import SamplingParams, rollout_actor_class
 from deltarl.rollout.weight_transfer import (BucketPlan, WeightReceiver, WeightSender, host_store, plan_buckets,
@@ -180,7 +180,7 @@ def test_trainer_sync_weights_broadcast_from_a_learner(engines, ray_local, tmp_p
     model.save_pretrained(tmp_path / "b")
     cfg = load_config(None, ["rollout.weight_sync=broadcast", "rollout.weight_sync_bucket_mb=0.05",
                              "learner.backend=torch", "rollout.num_workers=2", "ray.placement=split"])
-    learner = ray.remote(num_cpus=1)(Learner).remote(str(tmp_path / "b"), cfg.learner, cfg.algorithm, 1.0, 1)
+    learner = start_learner_group([{"num_cpus": 1}], str(tmp_path / "b"), cfg.learner, cfg.algorithm, 1.0, 1)
     group = open_weight_group(cfg, ray, workers, shared_gpu=False)
     assert group[1].backend == "gloo" and group[1].world_size == 3 and group[2] == [1, 2]
     sync_weights(cfg, ray, workers, learner, False, group)

@@ -275,11 +275,11 @@ class Learner:
         receives. Under ZeRO-3 `_full_tensors` gathers one parameter at a time, so a bucket per dtype
         plus one parameter is the most held in full. Returns {"bytes", "buckets", "seconds"}; a group's
         other ranks send nothing and return None (under ZeRO-3 they take part in the gathers)."""
-        from deltarl.rollout.weight_transfer import WeightSender
+        from deltarl.rollout.weight_transfer import WeightSender, tensor_spec
         if self._rank_world()[0] != 0:
             if self._zero3():
                 self._join_gathers()
-            return None, tensor_spec
+            return None
         if getattr(self, "_weight_sender", None) is None:
             self._weight_sender = WeightSender()
         specs = [tensor_spec(k, v) for k, v in self.model.state_dict(keep_vars=True).items()]

@@ -1,14 +1,14 @@
 """The RL loop: rollout -> rewards -> advantages -> learner step -> weight sync, with logs and checkpoints.
 
-The rollout engines and the learner are Ray actors in one placement group: colocated (one bundle, one
-engine beside the learner) or split (a bundle each, any number of engines);
+The rollout engines and the learner ranks (`learner_group`) are Ray actors in one placement group:
+colocated (engine i beside learner rank i in one bundle) or split (a bundle each);
 this driver holds only the prompts, the rewards and the bookkeeping.
 """
 import os
 import random
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -110,50 +110,101 @@ class PromptStream:
         return out
 
 
+@dataclass
+class Placement:
+    """Where the actors go: the placement group's bundles, the bundle of each engine and of each learner
+    rank, and the GPUs each actor asks of its bundle (halves where an engine and a rank share one)."""
+    bundles: list[dict]
+    engine_bundles: list[int]
+    learner_bundles: list[int]
+    engine_gpus: list[float]
+    learner_gpus: list[float]
+
+
+def plan_placement(cfg: RunConfig, gpus: bool) -> Placement:
+    """Bundles sized from the config. `gpus`: the cluster has GPUs (engines take one each; a learner rank
+    `learner.gpus_per_worker`, by default 1 there and 0 on the CPU). Colocated: bundle i holds engine i
+    and learner rank i where both exist, sharing its GPU; split: a bundle per engine, then one per rank."""
+    engines, ranks = cfg.rollout.num_workers, cfg.learner.num_workers
+    engine_gpu = 1 if gpus else 0
+    rank_gpu = cfg.learner.gpus_per_worker if cfg.learner.gpus_per_worker is not None else engine_gpu
+    bundle = lambda cpus, gpu: {"CPU": cpus, **({"GPU": gpu} if gpu else {})}    # noqa: E731
+    if cfg.ray.placement == "split":
+        return Placement([bundle(1, engine_gpu)] * engines + [bundle(1, rank_gpu)] * ranks, list(range(engines)),
+                         list(range(engines, engines + ranks)), [engine_gpu] * engines, [rank_gpu] * ranks)
+    bundles, engine_gpus, learner_gpus = [], [], []
+    for i in range(max(engines, ranks)):
+        both = i < engines and i < ranks
+        gpu = max(engine_gpu if i < engines else 0, rank_gpu if i < ranks else 0)
+        bundles.append(bundle((i < engines) + (i < ranks), gpu))
+        engine_gpus += [gpu / 2 if both else gpu] if i < engines else []
+        learner_gpus += [gpu / 2 if both else gpu] if i < ranks else []
+    return Placement(bundles, list(range(engines)), list(range(ranks)), engine_gpus, learner_gpus)
+
+
+def reserve(cfg: RunConfig, bundles: list[dict]):
+    """The placement group of `bundles` (strategy `ray.placement_strategy`), ready; if the cluster cannot
+    hold it within `ray.placement_timeout_s`, it is removed and the error names the fields that size it
+    and what was asked against what the cluster has."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    group = placement_group(bundles, strategy=cfg.ray.placement_strategy)
+    ready, _ = ray.wait([group.ready()], timeout=cfg.ray.placement_timeout_s)
+    if ready:
+        return group
+    remove_placement_group(group)
+    asked = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+    have = {k: ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")}
+    raise RuntimeError(
+        f"the Ray cluster cannot hold this run's placement group within ray.placement_timeout_s="
+        f"{cfg.ray.placement_timeout_s}: asked {len(bundles)} bundles {bundles} ({asked['CPU']:g} CPU, "
+        f"{asked['GPU']:g} GPU) with ray.placement_strategy={cfg.ray.placement_strategy}; the cluster has "
+        f"{have['CPU']:g} CPU, {have['GPU']:g} GPU (ray.cluster_resources()). The bundles come from "
+        f"rollout.num_workers={cfg.rollout.num_workers}, learner.num_workers={cfg.learner.num_workers}, "
+        f"learner.gpus_per_worker={cfg.learner.gpus_per_worker}, ray.placement={cfg.ray.placement}: lower them, "
+        "or add nodes")
+
+
 def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int,
                  initial_path: str | None = None):
-    """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group, and the two actors.
-    The engines start from `policy_path`; the learner from the run's initial policy `initial_path`
-    (its KL reference; a resume then loads the checkpoint into the learner).
+    """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group (`plan_placement`), the
+    rollout engines and the learner group. The engines start from `policy_path`; the learner ranks from
+    the run's initial policy `initial_path` (its KL reference; a resume then loads the checkpoint).
 
-    Returns (rollout actors, learner actor, whether an engine shares the learner's GPU)."""
+    Returns (rollout actors, LearnerGroup, whether the engines share their GPU with a learner rank)."""
     import ray
-    from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from deltarl.rl.learner import Learner
+    from deltarl.rl.learner_group import start_learner_group
     from deltarl.rollout import rollout_actor_class
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else cfg.ray.num_cpus,
+    if not ray.is_initialized():      # "local": a new local Ray, even where `ray start` left one running
+        ray.init(address=address or "local", num_cpus=None if address else cfg.ray.num_cpus,
                  num_gpus=None if address else cfg.ray.num_gpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    gpus = 1 if torch.cuda.is_available() or (cfg.ray.num_gpus or 0) > 0 else 0
-    engines = cfg.rollout.num_workers
-    if cfg.ray.placement == "colocated":   # one bundle: one engine and the learner share it (and its GPU)
-        bundles, rollout_at, learner_at, share = [{"CPU": 2, **({"GPU": gpus} if gpus else {})}], [0], 0, 0.5
-    else:                                    # a bundle per engine, then the learner's
-        bundles = [{"CPU": 1, **({"GPU": gpus} if gpus else {})}] * (engines + 1)
-        rollout_at, learner_at, share = list(range(engines)), engines, 1.0
-    group = placement_group(bundles, strategy="PACK")
-    ray.get(group.ready())
-    strategy = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    plan = plan_placement(cfg, gpus)
+    group = reserve(cfg, plan.bundles)
+    strategy = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)  # noqa: E731
     rollout_kwargs = dict(tokenizer_path=tokenizer_path, max_batch_size=cfg.rollout.max_batch_size)
     if cfg.rollout.engine == "vllm":
         rollout_kwargs.update(dtype="bfloat16", gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                               enforce_eager=cfg.rollout.enforce_eager)
     else:
         rollout_kwargs.update(dtype=cfg.model.dtype)
-    actor = rollout_actor_class(num_cpus=1, num_gpus=gpus * share)
-    rollouts = [actor.options(scheduling_strategy=strategy(i)).remote(cfg.rollout.engine, policy_path, **rollout_kwargs)
-                for i in rollout_at]
-    learner = ray.remote(num_cpus=1, num_gpus=gpus * share)(Learner).options(
-        scheduling_strategy=strategy(learner_at)).remote(
+    rollouts = [rollout_actor_class(num_cpus=1, num_gpus=g).options(scheduling_strategy=strategy(b)).remote(
+                cfg.rollout.engine, policy_path, **rollout_kwargs) for b, g in zip(plan.engine_bundles, plan.engine_gpus)]
+    learners = start_learner_group(
+        [dict(num_cpus=1, num_gpus=g, scheduling_strategy=strategy(b)) for b, g in zip(plan.learner_bundles,
+                                                                                        plan.learner_gpus)],
         initial_path or policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
         cfg.model.gradient_checkpointing, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
         max_tokens=cfg.rollout.max_tokens)
-    return rollouts, learner, bool(gpus) and cfg.ray.placement == "colocated"
+    for r, where in enumerate(learners.ranks):
+        print(f"learner rank {r} of {learners.size}: pid {where['pid']} on {where['address']}, GPUs "
+              f"{where['gpu_ids']}, {where['device']}, process group {where['dist']}", flush=True)
+    return rollouts, learners, gpus and cfg.ray.placement == "colocated"
 
 
 def generate(ray, rollouts, prompt_ids, params):
@@ -203,33 +254,23 @@ def open_weight_group(cfg, ray, rollouts, shared_gpu: bool):
     return store, address, bases
 
 
-def sync_weights(cfg, ray, rollouts, learner, shared_gpu: bool, weight_group=None):
+def sync_weights(cfg, ray, rollouts, learners, shared_gpu: bool, weight_group=None):
     """New policy weights into every rollout engine, by `weight_sync_mode`: CUDA IPC handles when vLLM
-    shares the learner's GPU (device-to-device, nothing through host memory); a bucketed broadcast over
-    the weight group (`open_weight_group`), the learner sending while every engine receives; or the
-    Ray object store (one copy put, every engine reads it)."""
+    shares a learner rank's GPU (engine i maps rank i's memory, device-to-device); a bucketed broadcast
+    over the weight group (`open_weight_group`), learner rank 0 sending while every engine receives
+    (the group fails fast if any side fails); or the Ray object store (rank 0's copy put once, every
+    engine reads it). `learners`: the LearnerGroup."""
     mode = weight_sync_mode(cfg, shared_gpu)
     if mode == "ipc":
-        payload = learner.weight_ipc_handles.remote()
-        ray.get([w.update_weights_from_ipc.remote(payload) for w in rollouts])
+        payloads = learners.weight_ipc_handles()
+        ray.get([w.update_weights_from_ipc.remote(payloads[i]) for i, w in enumerate(rollouts)])
     elif mode == "broadcast":
         _, address, bases = weight_group
-        refs = [learner.broadcast_weights.remote(address, cfg.rollout.weight_sync_bucket_mb)]
-        refs += [w.receive_weights.remote(address, base) for w, base in zip(rollouts, bases)]
-        _get_failing_fast(ray, refs)
+        receivers = [w.receive_weights.remote(address, base) for w, base in zip(rollouts, bases)]
+        learners.broadcast_weights(address, cfg.rollout.weight_sync_bucket_mb, receivers)
     else:
-        weights = learner.named_weights.remote()
+        weights = learners.named_weights(as_ref=True)
         ray.get([w.update_weights.remote(weights) for w in rollouts])
-
-
-def _get_failing_fast(ray, refs):
-    """ray.get of every ref, raising as soon as any fails: the other members of a collective would
-    otherwise wait for the failed one until the group's timeout."""
-    pending, results = list(refs), {}
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        results[done[0]] = ray.get(done[0])
-    return [results[r] for r in refs]
 
 
 def score(cfg, tokenizer, rows, completions, specs):
@@ -352,7 +393,7 @@ def train(cfg: RunConfig) -> Path:
     rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
     weight_group = open_weight_group(cfg, ray, rollouts, shared_gpu)
     if resume_from:
-        ray.get(learner.load.remote(str(resume_from)))
+        learner.load(str(resume_from))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
     monitor = Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg),
                       purge_step=state["step"] + 1 if resume_from else None)
@@ -384,10 +425,10 @@ def train(cfg: RunConfig) -> Path:
             metrics["time/offload_s"] = time.perf_counter() - t0
         kl_logprobs = None
         if cfg.algorithm.kl_mode == "reward" and cfg.algorithm.kl_coef > 0:
-            kl_logprobs = ray.get([learner.policy_logprobs.remote(batch), learner.reference_logprobs.remote(batch)])
+            kl_logprobs = [learner.policy_logprobs(batch), learner.reference_logprobs(batch)]
         batch.advantages = advantages_for(cfg, batch, rewards, kl_logprobs)
         t0 = time.perf_counter()
-        metrics.update(ray.get(learner.train_step.remote(batch)))
+        metrics.update(learner.train_step(batch))
         metrics["time/train_s"] = time.perf_counter() - t0
         metrics["perf/train_tokens_per_s"] = (sum(map(len, batch.prompt_ids)) + batch.mask.sum().item()) / \
             metrics["time/train_s"]
@@ -407,21 +448,23 @@ def train(cfg: RunConfig) -> Path:
         if cfg.run.eval_every and step % cfg.run.eval_every == 0:
             run_eval(step)
         if (cfg.run.save_every and step % cfg.run.save_every == 0) or _Stop.requested:
-            save_checkpoint(ray, learner, tokenizer, run_dir, step, stream.position)
+            save_checkpoint(learner, tokenizer, run_dir, step, stream.position)
     if step >= cfg.run.steps:
         final = run_dir / "final"
-        ray.get(learner.save.remote(str(final)))
+        learner.save(str(final))
         tokenizer.save_pretrained(final / "policy")
-        save_checkpoint(ray, learner, tokenizer, run_dir, step, stream.position)
+        save_checkpoint(learner, tokenizer, run_dir, step, stream.position)
     bar.close()
     monitor.close()
     plot_run(run_dir)
     return run_dir
 
 
-def save_checkpoint(ray, learner, tokenizer, run_dir, step, position):
+def save_checkpoint(learners, tokenizer, run_dir, step, position):
+    """Every learner rank's part of checkpoint `step`, the tokenizer beside the policy, the trainer's
+    state, then `latest` pointed at it (last, so a crash midway leaves the previous one latest)."""
     folder = ckpt.checkpoint_dir(run_dir, step)
-    ray.get(learner.save.remote(str(folder)))
+    learners.save(str(folder))
     tokenizer.save_pretrained(folder / "policy")
     ckpt.save_trainer_state(folder, step, position)
     ckpt.mark_latest(run_dir, folder)
