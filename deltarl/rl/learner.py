@@ -431,6 +431,9 @@ def init_distributed():
     import deepspeed
     import torch.distributed as dist
     if dist.is_initialized():
+        # joined earlier in this process; DeepSpeed's engine still reads the rank variables
+        for name, value in (("RANK", dist.get_rank()), ("LOCAL_RANK", 0), ("WORLD_SIZE", dist.get_world_size())):
+            os.environ.setdefault(name, str(value))
         return
     if "MASTER_PORT" not in os.environ:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")))
