@@ -19,11 +19,11 @@ def _distributed_env():
 
     from tests.conftest import RENDEZVOUS, restore_environment
     saved = {name: os.environ.get(name) for name in RENDEZVOUS}
-    if not dist.is_initialized():
+    if not dist.is_initialized():       # (once joined, the group keeps its port; DeepSpeed still reads the rest)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     yield
     restore_environment(saved)
 
