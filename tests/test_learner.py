@@ -1,14 +1,13 @@
 """The learner's update schedule: one update per step by default, PPO epochs x mini-batches when asked,
 with the old logprobs frozen before the first update (torch and DeepSpeed ZeRO-2 backends, in-process)."""
 import os
-import socket
 
 import pytest
 import torch
 
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rl.config import AlgorithmSection, LearnerSection
-from deltarl.rl.learner import Learner, response_logprobs
+from deltarl.rl.learner import Learner, free_port, response_logprobs
 from deltarl.rl.samples import RolloutBatch, pad_right
 
 
@@ -20,9 +19,7 @@ def _distributed_env():
     from tests.conftest import RENDEZVOUS, restore_environment
     saved = {name: os.environ.get(name) for name in RENDEZVOUS}
     if not dist.is_initialized():       # (once joined, the group keeps its port; DeepSpeed still reads the rest)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port("127.0.0.1"))
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     yield
     restore_environment(saved)

@@ -13,6 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from deltarl.rollout.sampling import keep_mask
 
+from .algorithms import entropy_of
+
 CHUNK_TOKENS = 1024    # response tokens projected at once: [CHUNK_TOKENS, V] float32 is the largest temporary
 
 
@@ -85,10 +87,7 @@ def _chunk_stats(head, hidden, targets, temperature, top_k, top_p, with_entropy)
     logp = z.log_softmax(-1).gather(-1, targets[:, None])[:, 0]                            # -inf if filtered out
     if not with_entropy:
         return logp, z.new_zeros(0)
-    # H = logsumexp(z) - sum_v p_v z_v; a filtered token (z = -inf, p = 0) adds 0 * 0, not 0 * -inf = NaN,
-    # and, unlike a clamp to float32's min, its zero gradient cannot overflow when scaled by a weight > 1
-    finite_z = z.masked_fill(z == float("-inf"), 0.0)
-    entropy = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * finite_z).sum(-1)
+    entropy = entropy_of(z)
     return logp, entropy
 
 

@@ -14,14 +14,17 @@ from torch.utils.checkpoint import checkpoint
 from .aggregation import aggregate
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[..., V] -> [...] float32. -inf logits (a masked vocabulary) count as probability 0."""
-    z = logits.float().clamp(min=torch.finfo(torch.float32).min)        # -inf * 0 would be NaN
-    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] entropy, float32 (float64 for float64 logits). A -inf logit (a token the
+    top-k / top-p filter removed) has probability 0 and adds 0 * 0, not 0 * -inf = NaN; unlike a clamp
+    to float32's min, its zero gradient cannot overflow when the loss scales the entropy by more than 1."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    finite_z = z.masked_fill(z == float("-inf"), 0.0)
+    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * finite_z).sum(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """[B, T, V] (any leading dims) -> [B, T] float32 entropy, chunk_size tokens at a time."""
+    """[B, T, V] (any leading dims) -> [B, T] entropy (float32; float64 logits stay float64), chunk_size tokens at a time."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     flat = logits.reshape(-1, logits.shape[-1])                          # [N, V]
@@ -29,9 +32,9 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.T
     parts = []
     for chunk in flat.split(chunk_size):
         if track:   # keep only the chunk (a view of logits) for backward; recompute the rest
-            parts.append(checkpoint(_entropy, chunk, use_reentrant=False, preserve_rng_state=False))
+            parts.append(checkpoint(entropy_of, chunk, use_reentrant=False, preserve_rng_state=False))
         else:
-            parts.append(_entropy(chunk))
+            parts.append(entropy_of(chunk))
     out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
     return out.reshape(logits.shape[:-1])
 
