@@ -1,6 +1,6 @@
 """`configs/tiny_cpu.yaml` with two learner ranks end to end through Ray (embedded engine, DeepSpeed ZeRO-2
-over gloo), and a learner rank killed with SIGKILL mid-run: the run stops with an error naming the rank,
-and `resume=RUN_DIR` continues from the last checkpoint with no step lost or repeated (with another
+over gloo), and a learner rank killed with SIGKILL mid-run with `run.max_restarts=0` (no automatic restart:
+tests/test_chaos.py has those): the run stops with an error naming the rank, and `resume=RUN_DIR` continues from the last checkpoint with no step lost or repeated (with another
 number of ranks it is refused, naming learner.num_workers)."""
 import json
 import os
@@ -43,7 +43,7 @@ def test_three_steps_with_two_learner_ranks(tmp_path):
 
 
 def test_kill_9_of_a_learner_rank_fails_the_run_and_resume_continues(tmp_path):
-    args = ["run.steps=4", "run.save_every=1", f"run.output_dir={tmp_path}"]
+    args = ["run.steps=4", "run.save_every=1", "run.max_restarts=0", f"run.output_dir={tmp_path}"]
     log = tmp_path / "stdout.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen(command(args), cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True,
@@ -81,6 +81,8 @@ def test_kill_9_of_a_learner_rank_fails_the_run_and_resume_continues(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = metrics_by_step(run_dir)
     assert sorted(s for s in steps if s > 0) == [1, 2, 3, 4]
+    records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert sorted(records) == [1, 2, 3, 4], f"a step logged twice or lost: {records}"     # the redone step's replaced
     assert [steps[s]["data/position"] for s in range(1, 5)] == [4.0 * s for s in range(1, 5)]
     final = json.loads((run_dir / "checkpoints" / "step_000004" / "trainer_state.json").read_text())
     assert (final["step"], final["position"]) == (4, 16)

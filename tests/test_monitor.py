@@ -126,6 +126,20 @@ def test_tensorboard_purge_step_hides_what_a_resumed_run_redoes(tmp_path):
     assert tb_scalars(tmp_path, "reward/mean") == [(1, 1.0), (2, 1.0), (3, 5.0)]
 
 
+def test_rewind_keeps_one_record_per_step_in_the_same_process(tmp_path):
+    """A learner restart redoes steps 3-4 in the running process: metrics.jsonl drops their first records
+    and TensorBoard hides them, so both end with one value per step (the redone one)."""
+    with Monitor(tmp_path) as mon:
+        for step in (1, 2, 3, 4):
+            mon.log(step, {"reward/mean": 1.0})
+        mon.rewind(2)                               # back to the checkpoint of step 2
+        for step in (3, 4, 5):
+            mon.log(step, {"reward/mean": 5.0})
+    records = read_metrics(tmp_path)
+    assert [(r["step"], r["reward/mean"]) for r in records] == [(1, 1.0), (2, 1.0), (3, 5.0), (4, 5.0), (5, 5.0)]
+    assert tb_scalars(tmp_path, "reward/mean") == [(1, 1.0), (2, 1.0), (3, 5.0), (4, 5.0), (5, 5.0)]
+
+
 # --- W&B and MLflow -----------------------------------------------------------------------------
 
 def test_wandb_and_mlflow_enabled_but_missing_warn_and_continue(tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ for name, overrides in [("colocated", ["rollout.num_workers=2", "learner.num_wor
                         ("split", ["ray.placement=split", "rollout.num_workers=2", "learner.num_workers=2"])]:
     cfg = load_config("configs/tiny_cpu.yaml", overrides + ["learner.threads=1"])
     path = cfg.model.path
-    rollouts, group, shared = start_actors(cfg, path, path, 1)
+    rollouts, group, shared, _, _ = start_actors(cfg, path, path, 1)
     engine_gpus = ray.get([w.__ray_call__.remote(lambda self: [str(g) for g in ray.get_gpu_ids()]) for w in rollouts])
     tables = list(placement_group_table().values())
     out[name] = {"engines": engine_gpus, "learners": group.ranks, "shared": shared,

@@ -115,6 +115,9 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 
     steps, reference = metrics_by_step(run_dir), metrics_by_step(whole_dir)
     assert sorted(s for s in steps if s > 0) == [1, 2, 3, 4, 5]
+    records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert sorted(records) == [1, 2, 3, 4, 5], f"a step logged twice or lost: {records}"   # redone steps replaced
+    assert "resumed from checkpoint step" in (run_dir / "events.jsonl").read_text()
     positions = [steps[s]["data/position"] for s in range(1, 6)]
     assert positions == [4.0 * s for s in range(1, 6)]            # 4 prompts a step, none skipped or redone
     assert all(steps[s]["actor/micro_batches"] > 1 for s in range(1, 6))   # accumulation was exercised

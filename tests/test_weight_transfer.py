@@ -9,7 +9,7 @@ import torch
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rl.config import load_config
 from deltarl.rl.learner_group import start_learner_group
-from deltarl.rl.trainer import open_weight_group, sync_weights
+from deltarl.rl.engines import open_weight_group, sync_weights
 from deltarl.rollout import SamplingParams, rollout_actor_class
 from deltarl.rollout.weight_transfer import (BucketPlan, WeightReceiver, WeightSender, host_store, plan_buckets,
                                              tensor_spec, weights_digest)

@@ -80,6 +80,7 @@ class RunSection:
     save_every: int = 10        # 0: only the final checkpoint
     eval_every: int = 10        # 0: no evaluation during training
     resume: str | None = None   # a run directory to continue from
+    max_restarts: int = 3       # failures in a row of one actor (engine, learner group) the run survives
     log: LogConfig = field(default_factory=LogConfig)
     progress_bar: bool = True
 
@@ -524,6 +525,7 @@ def _check_run(r: RunSection, c: _Checker):
     c.at_least("run.seed", r.seed, 0)
     c.at_least("run.steps", r.steps, 1)
     c.at_least("run.save_every", r.save_every, 0)
+    c.at_least("run.max_restarts", r.max_restarts, 0)
     c.at_least("run.eval_every", r.eval_every, 0)
 
 

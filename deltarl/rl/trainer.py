@@ -23,6 +23,8 @@ from deltarl.rl.monitor import Monitor, plot_run, progress
 from deltarl.rollout import SamplingParams
 
 from . import checkpoint as ckpt
+from .engines import Engines
+from .recovery import FailureBudget, describe, log_event
 from .samples import batch_from_completions, concat_batches
 
 
@@ -171,11 +173,12 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
     rollout engines and the learner group. The engines start from `policy_path`; the learner ranks from
     the run's initial policy `initial_path` (its KL reference; a resume then loads the checkpoint).
 
-    Returns (rollout actors, LearnerGroup, whether the engines share their GPU with a learner rank)."""
+    Returns (rollout actors, LearnerGroup, whether the engines share their GPU with a learner rank, and
+    the functions that start a new engine i and a new learner group in the same bundles, to replace
+    ones that die)."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from deltarl.rl.learner_group import start_learner_group
     from deltarl.rollout import rollout_actor_class
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -193,84 +196,31 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
                               enforce_eager=cfg.rollout.enforce_eager)
     else:
         rollout_kwargs.update(dtype=cfg.model.dtype)
-    rollouts = [rollout_actor_class(num_cpus=1, num_gpus=g).options(scheduling_strategy=strategy(b)).remote(
-                cfg.rollout.engine, policy_path, **rollout_kwargs) for b, g in zip(plan.engine_bundles, plan.engine_gpus)]
+
+    def start_engine(i):
+        return rollout_actor_class(num_cpus=1, num_gpus=plan.engine_gpus[i]).options(
+            scheduling_strategy=strategy(plan.engine_bundles[i])).remote(cfg.rollout.engine, policy_path,
+                                                                         **rollout_kwargs)
+
+    def start_learners():
+        return start_learner_ranks(cfg, plan, strategy, initial_path or policy_path, total_steps)
+    rollouts = [start_engine(i) for i in range(len(plan.engine_bundles))]
+    return rollouts, start_learners(), gpus and cfg.ray.placement == "colocated", start_engine, start_learners
+
+
+def start_learner_ranks(cfg: RunConfig, plan: Placement, strategy, model_path: str, total_steps: int):
+    """The learner group, a rank in each of the plan's learner bundles, built from `model_path`."""
+    from deltarl.rl.learner_group import start_learner_group
     learners = start_learner_group(
         [dict(num_cpus=1, num_gpus=g, scheduling_strategy=strategy(b)) for b, g in zip(plan.learner_bundles,
                                                                                         plan.learner_gpus)],
-        initial_path or policy_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
+        model_path, cfg.learner, cfg.algorithm, cfg.rollout.temperature, total_steps,
         cfg.model.gradient_checkpointing, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
         max_tokens=cfg.rollout.max_tokens)
     for r, where in enumerate(learners.ranks):
         print(f"learner rank {r} of {learners.size}: pid {where['pid']} on {where['address']}, GPUs "
               f"{where['gpu_ids']}, {where['device']}, process group {where['dist']}", flush=True)
-    return rollouts, learners, gpus and cfg.ray.placement == "colocated"
-
-
-def generate(ray, rollouts, prompt_ids, params):
-    """Completions for every prompt, the prompts split into contiguous shards, one per engine (each with
-    its own sampling seed); returned ordered by prompt, then sample, as one engine would."""
-    work = [(i, w, shard) for i, (w, shard) in enumerate(zip(rollouts, _contiguous(len(prompt_ids), len(rollouts))))
-            if len(shard)]
-    seeded = lambda i: params if params.seed is None else replace(params, seed=params.seed + i)  # noqa: E731
-    futures = [w.generate.remote([prompt_ids[j] for j in shard], seeded(i)) for i, w, shard in work]
-    out = []
-    for (_, _, shard), completions in zip(work, ray.get(futures)):
-        out += [replace(c, prompt_index=c.prompt_index + shard.start) for c in completions]
-    return out
-
-
-def _contiguous(n, parts):
-    """Ranges splitting range(n) into `parts` near-equal contiguous pieces."""
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def weight_sync_mode(cfg, shared_gpu: bool) -> str:
-    """`rollout.weight_sync` resolved: `auto` is CUDA IPC where a vLLM engine shares the learner's GPU
-    and the Ray object store otherwise; `broadcast` is chosen explicitly."""
-    mode, vllm_shares = cfg.rollout.weight_sync, shared_gpu and cfg.rollout.engine == "vllm"
-    if mode == "auto":
-        return "ipc" if vllm_shares else "object_store"
-    if mode == "ipc" and not vllm_shares:
-        raise RuntimeError("rollout.weight_sync=ipc needs a vLLM engine on the learner's GPU; there is no GPU "
-                           "here. Use rollout.weight_sync=auto, object_store or broadcast")
-    return mode
-
-
-def open_weight_group(cfg, ray, rollouts, shared_gpu: bool):
-    """For `broadcast`: the weight group's TCPStore, hosted in this driver on a free port, and each
-    engine's first rank (rank 0 is the learner; an engine takes one rank per worker process).
-    Returns (store, address, base ranks), or None for the other modes. The backend is NCCL where the
-    learner and the engines hold GPUs of their own (split placement), gloo otherwise: on the CPU, and
-    on one shared GPU, where NCCL refuses two ranks. Keep the store alive while the run lasts."""
-    if weight_sync_mode(cfg, shared_gpu) != "broadcast":
-        return None
-    from deltarl.rollout.weight_transfer import host_store
-    sizes = ray.get([w.weight_ranks.remote() for w in rollouts])
-    bases = [1 + sum(sizes[:i]) for i in range(len(sizes))]
-    gpus = torch.cuda.is_available() or (cfg.ray.num_gpus or 0) > 0
-    store, address = host_store(1 + sum(sizes), "nccl" if gpus and cfg.ray.placement == "split" else "gloo")
-    return store, address, bases
-
-
-def sync_weights(cfg, ray, rollouts, learners, shared_gpu: bool, weight_group=None):
-    """New policy weights into every rollout engine, by `weight_sync_mode`: CUDA IPC handles when vLLM
-    shares a learner rank's GPU (engine i maps rank i's memory, device-to-device); a bucketed broadcast
-    over the weight group (`open_weight_group`), learner rank 0 sending while every engine receives
-    (the group fails fast if any side fails); or the Ray object store (rank 0's copy put once, every
-    engine reads it). `learners`: the LearnerGroup."""
-    mode = weight_sync_mode(cfg, shared_gpu)
-    if mode == "ipc":
-        payloads = learners.weight_ipc_handles()
-        ray.get([w.update_weights_from_ipc.remote(payloads[i]) for i, w in enumerate(rollouts)])
-    elif mode == "broadcast":
-        _, address, bases = weight_group
-        receivers = [w.receive_weights.remote(address, base) for w, base in zip(rollouts, bases)]
-        learners.broadcast_weights(address, cfg.rollout.weight_sync_bucket_mb, receivers)
-    else:
-        weights = learners.named_weights(as_ref=True)
-        ray.get([w.update_weights.remote(weights) for w in rollouts])
+    return learners
 
 
 def score(cfg, tokenizer, rows, completions, specs):
@@ -284,7 +234,7 @@ def score(cfg, tokenizer, rows, completions, specs):
 MAX_SAMPLING_ROUNDS = 4   # generate rounds per step under dynamic sampling (the first one included)
 
 
-def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
+def collect(cfg, engines, tokenizer, stream, specs, step, metrics):
     """Generate for one step's prompts. With dynamic sampling (DAPO), drop groups whose rewards are all
     equal and refill: each round asks for `groups_needed(kept, target, kept / generated)` new prompts
     (the missing groups over the keep rate so far, floored at 10%), until `rollout.prompts_per_step`
@@ -302,7 +252,7 @@ def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
         rows = stream.take(groups_needed(kept_groups, target, keep_rate))
         prompt_ids = [tokenizer(r["prompt"]).input_ids for r in rows]
         t0 = time.perf_counter()
-        completions = generate(ray, rollouts, prompt_ids, params)
+        completions = engines.generate(prompt_ids, params)
         t_gen += time.perf_counter() - t0
         tokens += sum(len(c.token_ids) for c in completions)
         t0 = time.perf_counter()
@@ -372,9 +322,8 @@ def advantages_for(cfg, batch, rewards, kl_logprobs=None):
 
 def train(cfg: RunConfig) -> Path:
     """Run (or resume) the job described by `cfg`; returns the run directory."""
-    import ray
-
     from deltarl.model import load_tokenizer
+    from deltarl.rl.learner_group import LearnerGroupError
 
     run_dir = prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
@@ -390,74 +339,130 @@ def train(cfg: RunConfig) -> Path:
     specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
 
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
-    rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
-    weight_group = open_weight_group(cfg, ray, rollouts, shared_gpu)
+    rollouts, learners, shared_gpu, start_engine, start_learners = start_actors(
+        cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
+    budget = FailureBudget(cfg.run.max_restarts)
+    engines = Engines(rollouts, start_engine, cfg, shared_gpu, learners, budget, run_dir)
     if resume_from:
-        learner.load(str(resume_from))
+        learners.load(str(resume_from))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
-    monitor = Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg),
-                      purge_step=state["step"] + 1 if resume_from else None)
+    monitor = Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg))
+    if resume_from:
+        monitor.rewind(state["step"])
+        log_event(run_dir, "resume", f"resumed from checkpoint step {state['step']}: later steps are redone and "
+                  "their earlier records dropped", step=state["step"])
     bar = progress(cfg.run.steps, cfg.run.progress_bar, initial=state["step"])
     _Stop.install()
 
     def run_eval(step):
         eval_temperature = cfg.rollout.eval_temperature or cfg.rollout.temperature   # null: the rollout's
-        metrics = evaluate(lambda ids, params: generate(ray, rollouts, ids, params), tokenizer, eval_rows, specs,
-                           cfg.rollout.max_tokens, cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed)
+        metrics = evaluate(engines.generate, tokenizer, eval_rows, specs, cfg.rollout.max_tokens,
+                           cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed)
         monitor.log(step, metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 
-    if state["step"] == 0 and cfg.run.eval_every:
-        run_eval(0)
-    step = state["step"]
-    while step < cfg.run.steps and not _Stop.requested:
-        step += 1
+    def run_step(step):
+        """Step `step`: rollouts, rewards, the learner's update, weight sync, logs, evaluation and
+        checkpoints (the final one after the last step)."""
         t_step = time.perf_counter()
         metrics = {}
-        batch, rewards = collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics)
+        batch, rewards = collect(cfg, engines, tokenizer, stream, specs, step, metrics)
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
+        else:
+            metrics.update(learn(cfg, engines, batch, rewards))
+            lengths = batch.mask.sum(1)
+            metrics.update({"reward/mean": rewards.mean().item(),
+                            "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+                            "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
+                            "response/truncated_frac": batch.truncated.float().mean().item(),
+                            "data/position": float(stream.position), "time/step_s": time.perf_counter() - t_step})
+            monitor.log(step, metrics)
+            bar.update(metrics)
+            if cfg.run.eval_every and step % cfg.run.eval_every == 0:
+                run_eval(step)
+        if step == cfg.run.steps:
+            final = run_dir / "final"
+            engines.learners.save(str(final))
+            tokenizer.save_pretrained(final / "policy")
+        if (cfg.run.save_every and step % cfg.run.save_every == 0) or _Stop.requested or step == cfg.run.steps:
+            save_checkpoint(engines.learners, tokenizer, run_dir, step, stream.position)
+
+    if state["step"] == 0 and cfg.run.eval_every:
+        run_eval(0)
+    start_state = {"step": 0, "position": 0, "rng": ckpt.rng_state()}    # a restart with no checkpoint yet
+    step = state["step"]
+    while step < cfg.run.steps and not _Stop.requested:
+        budget.step = step + 1
+        try:
+            run_step(step + 1)
+        except LearnerGroupError as error:
+            while True:                    # (the new group may fail too, while it starts or loads)
+                budget.record("the learner group", error)
+                try:
+                    state = restart_learners(run_dir, start_learners, engines, monitor, start_state, step + 1, error)
+                    break
+                except LearnerGroupError as again:
+                    error = again
+            step, stream = state["step"], PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
             continue
-        if shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
-            t0 = time.perf_counter()
-            ray.get([w.sleep.remote() for w in rollouts])
-            metrics["time/offload_s"] = time.perf_counter() - t0
-        kl_logprobs = None
-        if cfg.algorithm.kl_mode == "reward" and cfg.algorithm.kl_coef > 0:
-            kl_logprobs = [learner.policy_logprobs(batch), learner.reference_logprobs(batch)]
-        batch.advantages = advantages_for(cfg, batch, rewards, kl_logprobs)
-        t0 = time.perf_counter()
-        metrics.update(learner.train_step(batch))
-        metrics["time/train_s"] = time.perf_counter() - t0
-        metrics["perf/train_tokens_per_s"] = (sum(map(len, batch.prompt_ids)) + batch.mask.sum().item()) / \
-            metrics["time/train_s"]
-        t0 = time.perf_counter()
-        if shared_gpu:
-            ray.get([w.wake_up.remote() for w in rollouts])
-        sync_weights(cfg, ray, rollouts, learner, shared_gpu, weight_group)
-        metrics["time/sync_s"] = time.perf_counter() - t0
-        lengths = batch.mask.sum(1)
-        metrics.update({"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1
-                        else 0.0, "response/length_mean": lengths.mean().item(),
-                        "response/length_max": lengths.max().item(),
-                        "response/truncated_frac": batch.truncated.float().mean().item(),
-                        "data/position": float(stream.position), "time/step_s": time.perf_counter() - t_step})
-        monitor.log(step, metrics)
-        bar.update(metrics)
-        if cfg.run.eval_every and step % cfg.run.eval_every == 0:
-            run_eval(step)
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or _Stop.requested:
-            save_checkpoint(learner, tokenizer, run_dir, step, stream.position)
-    if step >= cfg.run.steps:
-        final = run_dir / "final"
-        learner.save(str(final))
-        tokenizer.save_pretrained(final / "policy")
-        save_checkpoint(learner, tokenizer, run_dir, step, stream.position)
+        step += 1
+        budget.step_done(step)
     bar.close()
     monitor.close()
     plot_run(run_dir)
     return run_dir
+
+
+def learn(cfg, engines, batch, rewards) -> dict:
+    """The learner's part of a step: (colocated: the engines sleep) advantages, the update, then the new
+    weights into the engines. Returns its metrics."""
+    metrics, learners = {}, engines.learners
+    if engines.shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
+        t0 = time.perf_counter()
+        engines.sleep()
+        metrics["time/offload_s"] = time.perf_counter() - t0
+    kl_logprobs = None
+    if cfg.algorithm.kl_mode == "reward" and cfg.algorithm.kl_coef > 0:
+        kl_logprobs = [learners.policy_logprobs(batch), learners.reference_logprobs(batch)]
+    batch.advantages = advantages_for(cfg, batch, rewards, kl_logprobs)
+    t0 = time.perf_counter()
+    metrics.update(learners.train_step(batch))
+    metrics["time/train_s"] = time.perf_counter() - t0
+    metrics["perf/train_tokens_per_s"] = (sum(map(len, batch.prompt_ids)) + batch.mask.sum().item()) / \
+        metrics["time/train_s"]
+    t0 = time.perf_counter()
+    if engines.shared_gpu:
+        engines.wake_up()
+    engines.sync()
+    metrics["time/sync_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def restart_learners(run_dir, start_learners, engines, monitor, start_state, failed_step, error) -> dict:
+    """The learner group failed in step `failed_step` (every rank is already stopped): start a new group,
+    restore the last checkpoint (or the run's start when there is none yet) with the driver's RNG and
+    data position, load its policy into the engines and drop the metrics of the steps to redo.
+    Returns the restored trainer state ({"step", "position", ...})."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    back_to = ckpt.load_trainer_state(latest)["step"] if latest else 0
+    log_event(run_dir, "learner_restart", f"the learner group failed in step {failed_step}: {describe(error)}; "
+              f"starting it again from {f'checkpoint step {back_to}' if latest else 'the start'} and redoing steps "
+              f"{back_to + 1}-{failed_step}", failed_step=failed_step, resumed_from=back_to)
+    learners = start_learners()
+    if latest:
+        learners.load(str(latest))
+        state = ckpt.load_trainer_state(latest)          # the driver's RNG states too
+    else:
+        state = start_state
+        ckpt.set_rng_state(start_state["rng"])
+    engines.learners = learners
+    if engines.shared_gpu:
+        engines.wake_up()
+    engines.sync()
+    monitor.rewind(state["step"])
+    return state
 
 
 def save_checkpoint(learners, tokenizer, run_dir, step, position):

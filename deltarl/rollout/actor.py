@@ -33,10 +33,14 @@ class RolloutWorker:
         return self.engine.weights_digest()
 
     def sleep(self):
-        self.engine.sleep()
+        """Free the device for the learner (a no-op when already asleep)."""
+        if not self.engine.asleep:
+            self.engine.sleep()
 
     def wake_up(self):
-        self.engine.wake_up()
+        """Take the device back (a no-op when awake, e.g. just restarted)."""
+        if self.engine.asleep:
+            self.engine.wake_up()
 
 
 def rollout_actor_class(num_cpus: float = 1, num_gpus: float = 0):

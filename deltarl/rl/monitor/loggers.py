@@ -42,7 +42,19 @@ class _JsonlSink:
     Non-finite values are written as null (strict JSON that any tool can read)."""
 
     def __init__(self, run_dir: Path):
-        self.file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self.path = run_dir / METRICS_FILE
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def rewind(self, step: int):
+        """Drop the records of steps after `step` (they are about to be redone): the file is rewritten
+        without them, atomically, so it keeps one record per step."""
+        self.file.close()
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(self.path)
+        self.file = open(self.path, "a", encoding="utf-8")
 
     def log(self, step: int, scalars: dict[str, float]):
         record = {"step": step, "wall_time": round(time.time(), 3)}
@@ -66,9 +78,13 @@ class _TensorBoardSink:
         self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
         self.writer = EventFileWriter(str(run_dir / TENSORBOARD_DIR), flush_secs=10)
         if purge_step is not None:
-            self.writer.add_event(event_pb2.Event(
-                step=purge_step, wall_time=time.time(),
-                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+            self.rewind(purge_step - 1)
+
+    def rewind(self, step: int):
+        """TensorBoard hides what was logged at steps after `step` (a session START event at step + 1)."""
+        self.writer.add_event(self.event_pb2.Event(
+            step=step + 1, wall_time=time.time(),
+            session_log=self.event_pb2.SessionLog(status=self.event_pb2.SessionLog.START)))
 
     def log(self, step: int, scalars: dict[str, float]):
         values = [self.summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
@@ -193,6 +209,18 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - a failing dashboard must not stop training
                 _warn(f"run.log.{name}: logging failed ({type(e).__name__}: {e}); dropped")
                 self.sinks.pop(name)
+
+    def rewind(self, step: int) -> None:
+        """The steps after `step` will be logged again (a resume or a restart redoes them): metrics.jsonl
+        drops their records and TensorBoard hides them. W&B and MLflow keep what they received (W&B
+        ignores steps lower than its last; MLflow keeps both values)."""
+        for name in ("jsonl", "tensorboard"):
+            if name in self.sinks:
+                try:
+                    self.sinks[name].rewind(step)
+                except Exception as e:  # noqa: BLE001 - a failing dashboard must not stop training
+                    _warn(f"run.log.{name}: rewind failed ({type(e).__name__}: {e}); dropped")
+                    self.sinks.pop(name)
 
     def close(self) -> None:
         """Flush and close every destination (safe to call twice)."""
