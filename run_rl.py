@@ -51,8 +51,13 @@ def main(argv=None):
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    from deltarl.rl.recovery import RunFailure
     from deltarl.rl.trainer import train
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except RunFailure as error:
+        print(f"run stopped: {error}", file=sys.stderr)
+        return 3
     print(f"run directory: {run_dir}")
     return 0
 

@@ -138,5 +138,5 @@ def test_an_engine_that_keeps_dying_stops_the_run_naming_it(tmp_path):
                                        timeout_s=600, gap_s=(0.0, 0.1), wait_for_progress=False)
     print("kills:", kills)
     assert code != 0
-    assert "rollout engine 0 failed 3 times in a row (run.max_restarts=2)" in log, log[-4000:]
+    assert code == 3 and "run stopped: rollout engine 0 failed 3 times in a row (run.max_restarts=2)" in log, log[-4000:]
     assert "its process died" in log

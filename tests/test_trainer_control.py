@@ -1,4 +1,4 @@
-"""The trainer's control paths: stop signals (SIGTERM and Ctrl-C checkpoint) and the dynamic-sampling cut."""
+"""The trainer's control paths: stop signals (SIGTERM and Ctrl-C checkpoint), the dynamic-sampling cut and resume=auto."""
 import os
 import signal
 
@@ -51,3 +51,20 @@ def test_first_groups_keeps_the_earliest_whole_groups():
     assert same.group_ids.tolist() == batch.group_ids.tolist()
     empty, none = first_groups(batch_of_groups([]), torch.zeros(0), 3)
     assert empty.size == 0 and none.numel() == 0
+
+
+def test_resume_auto_picks_the_newest_checkpointed_run_of_this_name(tmp_path):
+    """resume=auto: a driver started again (e.g. by a loop around `ray job submit`'s entrypoint) continues
+    its newest run with a checkpoint; with none it starts a new run."""
+    from deltarl.rl.config import load_config
+    from deltarl.rl.trainer import prepare_run_dir
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=job", "run.resume=auto"])
+    fresh = prepare_run_dir(cfg)
+    assert fresh.parent == tmp_path and fresh.name.startswith("job-") and cfg.run.resume is None
+    for name in ("job-20261201-000000", "job-20261202-000000", "other-20261203-000000"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "checkpoints" / "latest").write_text("step_000002")
+    (tmp_path / "job-20261204-000000").mkdir()                  # newer, but never checkpointed
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=job", "run.resume=auto"])
+    assert prepare_run_dir(cfg) == tmp_path / "job-20261202-000000"
+    assert cfg.run.resume == str(tmp_path / "job-20261202-000000")

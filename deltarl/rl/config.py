@@ -79,7 +79,7 @@ class RunSection:
     steps: int = 100
     save_every: int = 10        # 0: only the final checkpoint
     eval_every: int = 10        # 0: no evaluation during training
-    resume: str | None = None   # a run directory to continue from
+    resume: str | None = None   # a run directory to continue from; "auto": this run's newest, if any
     max_restarts: int = 3       # failures in a row of one actor (engine, learner group) the run survives
     log: LogConfig = field(default_factory=LogConfig)
     progress_bar: bool = True
@@ -704,7 +704,8 @@ def _check_files(cfg: RunConfig, c: _Checker):
     """Local paths must exist: nothing is downloaded, and finding out after Ray and the model
     have started wastes minutes."""
     paths = [("model.path", cfg.model.path, "dir"), ("data.path", cfg.data.path, "any"),
-             ("data.eval_path", cfg.data.eval_path, "any"), ("run.resume", cfg.run.resume, "dir")]
+             ("data.eval_path", cfg.data.eval_path, "any"),
+             ("run.resume", None if cfg.run.resume == "auto" else cfg.run.resume, "dir")]
     if not cfg.tokenizer.startswith("builtin:"):
         paths.append(("tokenizer", cfg.tokenizer, "dir"))
     for i, f in enumerate(cfg.reward.functions):

@@ -44,6 +44,15 @@ class _Stop:
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
+    """The run's directory: run.resume's, or a new `run.output_dir/run.name-TIME`. With resume=auto, the
+    newest `run.name-*` directory under run.output_dir that holds a checkpoint (a driver started again
+    after it died continues its run), else a new one."""
+    if cfg.run.resume == "auto":
+        found = sorted(p.parent.parent for p in Path(cfg.run.output_dir).glob(f"{cfg.run.name}-*/checkpoints/latest"))
+        if found:
+            cfg.run.resume = str(found[-1])
+        else:
+            cfg.run.resume = None
     if cfg.run.resume:
         return Path(cfg.run.resume)
     run_dir = Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
