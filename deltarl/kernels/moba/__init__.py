@@ -1,0 +1,31 @@
+"""MoBA (Mixture of Block Attention, arXiv 2502.13189): block-sparse causal attention.
+
+Each sequence is cut into blocks of `block_size` tokens; a query attends to its own block (causally)
+and to the `top_k` completed blocks before it whose mean key scores highest against it, per head.
+Argument conventions follow `deltarl.kernels.kda`: q, k [B, T, H, Dk]; v [B, T, H, Dv]; cu_seqlens
+int32 [N + 1] with B = 1 for packed sequences.
+"""
+import torch
+
+from .flex import flex_moba_attention, moba_block_mask
+from .gate import block_means, choose_blocks, packed_blocks, row_blocks
+from .masked import masked_moba_attention, moba_mask
+from .naive import naive_moba_attention
+
+
+def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None):
+    """MoBA over packed sequences: FlexAttention on CUDA; on the CPU the sequences are gathered into
+    right-padded rows and attended with a boolean mask (`masked_moba_attention`)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if q.is_cuda:
+        return flex_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
+    from ..kda.common import padded_index, to_padded
+    index, valid = padded_index(cu_seqlens)
+    rows = [to_padded(t, index) for t in (q, k, v)]                                  # [N, L, H, D]
+    pos = torch.where(valid, torch.arange(valid.shape[1], device=valid.device), -1)  # [N, L]
+    o = masked_moba_attention(*rows, pos, pos, block_size, top_k, scale)
+    return o[valid][None]                                                           # [1, T, H, Dv]
+
+
+__all__ = ["moba_attention", "naive_moba_attention", "masked_moba_attention", "flex_moba_attention",
+           "moba_block_mask", "moba_mask", "packed_blocks", "row_blocks", "block_means", "choose_blocks"]
