@@ -10,7 +10,7 @@ import torch
 from .flex import flex_moba_attention, moba_block_mask
 from .gate import block_means, choose_blocks, packed_blocks, row_blocks
 from .masked import masked_moba_attention, moba_mask
-from .naive import naive_moba_attention
+from .naive import naive_moba_attention, visible_keys
 
 
 def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None):
@@ -28,4 +28,4 @@ def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: floa
 
 
 __all__ = ["moba_attention", "naive_moba_attention", "masked_moba_attention", "flex_moba_attention",
-           "moba_block_mask", "moba_mask", "packed_blocks", "row_blocks", "block_means", "choose_blocks"]
+           "moba_block_mask", "moba_mask", "visible_keys", "packed_blocks", "row_blocks", "block_means", "choose_blocks"]

@@ -51,8 +51,9 @@ def moba_block_mask(q, k, cu_seqlens, block_size: int, top_k: int):
 
 def visited_tiles(block, chosen, num_blocks: int, T: int):
     """Per head and query tile, the key tiles that hold a block some query of the tile uses (its own,
-    or one it chose), none after the query tile. Returns (kv_num [H, nq] int32, kv_index [H, nq, width]
-    int32: the tiles, in order, then filler), as BlockMask.from_kv_blocks takes them."""
+    or one it chose), none after the query tile. Returns (kv_num [H, nq] int32, kv_index [H, nq, nk]
+    int32: the tiles, in order, then the rest), as BlockMask.from_kv_blocks takes them: it reads the
+    number of key tiles from kv_index's last dimension, so that is nk, not the longest list."""
     H = chosen.shape[1]
     n_tiles = (T + TILE - 1) // TILE
     q_tile = torch.arange(T, device=block.device) // TILE
@@ -73,9 +74,9 @@ def visited_tiles(block, chosen, num_blocks: int, T: int):
         edges.index_add_(1, last_tile + 1, -used)             # -1 just after they end
         visit = (edges.cumsum(1)[:, :n_tiles] > 0) & (tiles[None] <= tiles[:, None])  # [nq, nk]
         nums.append(visit.sum(1, dtype=torch.int32))
-        indices.append(torch.sort(visit.to(torch.int8), dim=1, descending=True, stable=True).indices)
-    width = int(torch.stack(nums).max())
-    return torch.stack(nums), torch.stack([i[:, :width] for i in indices]).to(torch.int32)
+        order = torch.sort(visit.to(torch.int8), dim=1, descending=True, stable=True).indices   # visited first
+        indices.append(order.to(torch.int32))
+    return torch.stack(nums), torch.stack(indices)
 
 
 _COMPILED = None

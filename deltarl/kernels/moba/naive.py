@@ -23,11 +23,17 @@ def naive_moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale
 
 def _one_query(q, k, v, i, block_size, top_k, scale):
     """Output of query i of a sequence (q [D]; k [L, D], v [L, Dv] the sequence's keys, values)."""
+    keys = visible_keys(q, k, i, block_size, top_k)
+    weights = torch.softmax(k[keys] @ q * scale, dim=0)
+    return weights @ v[keys]
+
+
+def visible_keys(q, k, i, block_size: int, top_k: int) -> list[int]:
+    """The keys query i of a sequence sees (q [D] its query in one head; k [L, D] the sequence's keys):
+    every earlier key of its own block and of the top_k past blocks best by q . mean key, and itself."""
     own = i // block_size
     chosen = []
     if own > 0:
         means = torch.stack([k[b * block_size:(b + 1) * block_size].mean(0) for b in range(own)])
         chosen = (means @ q).detach().topk(min(top_k, own)).indices.tolist()
-    keys = [j for j in range(i + 1) if j // block_size == own or j // block_size in chosen]
-    weights = torch.softmax(k[keys] @ q * scale, dim=0)
-    return weights @ v[keys]
+    return [j for j in range(i + 1) if j // block_size == own or j // block_size in chosen]
