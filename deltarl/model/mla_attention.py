@@ -109,7 +109,7 @@ class KimiMLAAttention(nn.Module):
                   + torch.einsum("bthd,bld->bhtl", q_pe, k_pe)) * self.scale      # [B, H, T, L]
         if mask is not None:
             scores = scores.masked_fill(mask.logical_not(), float("-inf"))
-        weights = scores.float().softmax(dim=-1).to(latent.dtype)
+        weights = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(dim=-1).to(latent.dtype)
         o_latent = torch.einsum("bhtl,blr->bhtr", weights, latent)               # [B, H, T, R]
         return torch.einsum("bhtr,hdr->bthd", o_latent, self._up_weights()[1])  # [B, T, H, v]
 
