@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deltarl.kernels.moba import (flex_moba_attention, moba_attention, moba_block_mask, naive_moba_attention,
-                                  visible_keys)
+from deltarl.kernels.moba import (dense_attend, flex_moba_attention, moba_attention, moba_block_mask,
+                                  naive_moba_attention, visible_keys)
 from deltarl.kernels.moba.flex import TILE
 
 
@@ -72,14 +72,28 @@ def test_fewer_blocks_equal_the_reference(block_size, top_k):
     assert (reference[0] - dense_causal_per_sequence(q, k, v, cu)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("block_size, top_k", [(8, 2), (32, 1), (200, 1)])
-def test_flex_path_equals_the_reference(block_size, top_k):
-    """FlexAttention's forward (uncompiled on the CPU, where it has no backward) with the MoBA mask_mod."""
+@pytest.mark.parametrize("impl", ["gathered", "tiled"])
+@pytest.mark.parametrize("lengths, block_size, top_k", [(LENGTHS, 8, 2), (LENGTHS, 32, 1), (LENGTHS, 200, 1),
+                                                        ([700, 300], 64, 3), ([90] * 9, 16, 2)])
+def test_flex_ways_equal_the_reference_with_gradients(impl, lengths, block_size, top_k):
+    """Both FlexAttention ways, each attention run by `dense_attend` (FlexAttention's contract in plain
+    PyTorch, which also fails if a visible pair lies outside the tiles FlexAttention would visit):
+    outputs and the gradients of q, k, v, through the log-sum-exp merge of the gathered way."""
+    q, k, v, cu = packed_inputs(lengths)
+    cotangent = torch.randn(1, q.shape[1], q.shape[2], v.shape[3], dtype=torch.float64)
+    reference = output_and_grads(naive_moba_attention, q, k, v, cotangent, cu, block_size, top_k)
+    flex = output_and_grads(lambda *a: flex_moba_attention(*a, q.shape[-1] ** -0.5, impl=impl, attend=dense_attend),
+                            q, k, v, cotangent, cu, block_size, top_k)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), flex, reference):
+        assert (a - b).abs().max() < 1e-12, name
+
+
+@pytest.mark.parametrize("impl", ["gathered", "tiled"])
+def test_flex_attention_itself_equals_the_reference(impl):
+    """The same through PyTorch's own flex_attention, uncompiled (forward only: no backward on the CPU)."""
     q, k, v, cu = (t.detach() for t in packed_inputs(LENGTHS))
-    with torch.no_grad():
-        flex = flex_moba_attention(q, k, v, cu, block_size, top_k, q.shape[-1] ** -0.5)
-        reference = naive_moba_attention(q, k, v, cu, block_size, top_k)
-    assert (flex - reference).abs().max() < 1e-12
+    flex = flex_moba_attention(q, k, v, cu, 8, 2, q.shape[-1] ** -0.5, impl=impl)
+    assert (flex - naive_moba_attention(q, k, v, cu, 8, 2)).abs().max() < 1e-12
 
 
 def reference_visibility(q, k, cu_seqlens, block_size, top_k):
@@ -101,8 +115,8 @@ def tiles_visited(mask) -> torch.Tensor:
 
 @pytest.mark.parametrize("lengths, block_size, top_k", [([300, 21, 450], 64, 2), ([700], 128, 1), ([90] * 9, 16, 3)])
 def test_block_mask_visits_every_allowed_pair(lengths, block_size, top_k):
-    """The tile lists FlexAttention follows on the GPU (the CPU run above ignores them) cover every
-    (query, key) pair the reference allows: a tile left out would drop keys silently."""
+    """The tiled way's BlockMask, read back with BlockMask.to_dense, covers every (query, key) pair the
+    reference allows, and no key tile after its query tile."""
     q, k, v, cu = packed_inputs(lengths, H=3)
     with torch.no_grad():
         visited = tiles_visited(moba_block_mask(q, k, cu, block_size, top_k))
@@ -114,8 +128,8 @@ def test_block_mask_visits_every_allowed_pair(lengths, block_size, top_k):
 
 
 def test_block_mask_skips_blocks_no_query_chose():
-    """When every query of a sequence agrees on its choice, a query tile visits its own block and the one
-    chosen block only: the visited tiles are few, not the causal triangle."""
+    """Tiled way: when every query of a sequence agrees on its choice, a query tile visits its own block
+    and the one chosen block only: the visited tiles are few, not the causal triangle."""
     T, H, block_size = 1024, 2, 128
     q = torch.randn(1, 1, H, 16, dtype=torch.float64).expand(1, T, H, 16)      # one query for all
     k = torch.randn(1, T, H, 16, dtype=torch.float64)
@@ -124,3 +138,17 @@ def test_block_mask_skips_blocks_no_query_chose():
     per_query_tile = visited.sum(-1)                                             # [H, nq]
     assert per_query_tile.max() <= 2                            # own block + the chosen one (128 = TILE)
     assert visited.sum() < torch.ones(T // TILE, T // TILE).tril().sum() * H / 2
+
+
+def test_dense_attend_refuses_a_visible_pair_outside_the_tiles():
+    """The check that gives the tile tests above their teeth: drop one visited tile and it fails."""
+    from deltarl.kernels.moba.flex import Tiles
+    q, k, v = (torch.randn(1, 1, 2 * TILE, 4, dtype=torch.float64) for _ in range(3))
+
+    def causal(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+    full = torch.ones(2, 2, dtype=torch.bool).tril()
+    dense_attend(q, k, v, causal, Tiles([full], TILE), 1.0)
+    with pytest.raises(AssertionError, match="outside the visited tiles"):
+        dense_attend(q, k, v, causal, Tiles([full & ~torch.eye(2, dtype=torch.bool)], TILE), 1.0)

@@ -7,15 +7,15 @@ int32 [N + 1] with B = 1 for packed sequences.
 """
 import torch
 
-from .flex import flex_moba_attention, moba_block_mask
+from .flex import dense_attend, flex_attend, flex_moba_attention, moba_block_mask
 from .gate import block_means, choose_blocks, packed_blocks, row_blocks
 from .masked import masked_moba_attention, moba_mask
 from .naive import naive_moba_attention, visible_keys
 
 
 def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None):
-    """MoBA over packed sequences: FlexAttention on CUDA; on the CPU the sequences are gathered into
-    right-padded rows and attended with a boolean mask (`masked_moba_attention`)."""
+    """MoBA over packed sequences: FlexAttention on CUDA (its "gathered" way, `flex.py`); on the CPU the
+    sequences are gathered into right-padded rows and attended with a boolean mask (`masked.py`)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.is_cuda:
         return flex_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
@@ -28,4 +28,5 @@ def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: floa
 
 
 __all__ = ["moba_attention", "naive_moba_attention", "masked_moba_attention", "flex_moba_attention",
+           "flex_attend", "dense_attend",
            "moba_block_mask", "moba_mask", "visible_keys", "packed_blocks", "row_blocks", "block_means", "choose_blocks"]
