@@ -79,10 +79,14 @@ def test_top_k_covering_every_block_gives_the_dense_models_logits():
     assert (sparse(ids).logits - dense(ids).logits).abs().max() > 1e-6       # the choice changes the output
 
 
-def decode_step_by_step(model, ids, prefill):
+def decode_step_by_step(model, ids, prefill, chunk=0):
+    """Logits of a prefill of `prefill` tokens, then a chunk of `chunk` tokens after that history (MoBA's
+    masked path), then one token at a time (the latent decode step)."""
     cache = KimiLinearCache(model.config)
     steps = [model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits]
-    for t in range(prefill, ids.shape[1]):
+    if chunk:
+        steps.append(model(ids[:, prefill:prefill + chunk], past_key_values=cache, use_cache=True).logits)
+    for t in range(prefill + chunk, ids.shape[1]):
         steps.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
     return torch.cat(steps, dim=1)
 
@@ -90,11 +94,12 @@ def decode_step_by_step(model, ids, prefill):
 @pytest.mark.parametrize("block_size, top_k", [(4, 1), (8, 2), (8, 100), (16, 1)])
 @torch.no_grad()
 def test_cached_decoding_equals_full_forward_all_mla(block_size, top_k):
-    """Every layer MLA with MoBA, float64: a prefill, then one token at a time through the cache's block
-    sums and the latent-space step; (4, 1) gathers the chosen blocks, (8, 100) chooses all and masks."""
+    """Every layer MLA with MoBA, float64: a prefill, a chunk after it, then one token at a time through
+    the cache's block sums and the latent-space step; (4, 1) gathers the chosen blocks, (8, 100)
+    chooses all and masks."""
     model = moba_model(block_size, top_k, moba_layers=[1, 2, 3, 4], kda_every=1)
     ids = torch.randint(4, 128, (3, 75))
-    assert (decode_step_by_step(model, ids, prefill=21) - model(ids).logits).abs().max() < 1e-10
+    assert (decode_step_by_step(model, ids, prefill=21, chunk=13) - model(ids).logits).abs().max() < 1e-10
 
 
 @torch.no_grad()

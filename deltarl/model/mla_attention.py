@@ -83,8 +83,9 @@ class KimiMLAAttention(nn.Module):
         return self.o_proj(o.reshape(B, T, H * self.v_head_dim))
 
     def _moba_attention(self, q, k, v, layout):
-        """MoBA over a packed training row (`kernels.moba.moba_attention`), or over rows of one sequence
-        each (padded, or a cached history before the new tokens) with MoBA's boolean mask.
+        """MoBA (`deltarl.kernels.moba`) for a packed training row; for rows of one sequence each (padded
+        or not) their real tokens are packed into one row first. Only new tokens after a cached history
+        (a prefill in chunks) take MoBA's boolean mask over [T, L].
         q [B, T, H, Dk]; k [B, L, H, Dk]; v [B, L, H, Dv] -> [B, T, H, Dv]."""
         block_size, top_k = self.moba
         if layout.seq_idx is not None:
@@ -95,6 +96,12 @@ class KimiMLAAttention(nn.Module):
         valid = layout.cache.valid if layout.cache is not None else layout.valid
         if valid is None:
             valid = torch.ones(B, L, dtype=torch.bool, device=q.device)
+        if T == L:                                  # no history: pack the rows' real tokens
+            lengths = valid.sum(1)
+            cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+            o = moba_attention(q[valid][None], k[valid][None], v[valid][None], cu_seqlens, block_size, top_k,
+                               self.scale)                                                   # [1, N, H, Dv]
+            return o.new_zeros(B, T, *o.shape[2:]).index_put((valid,), o[0])                 # pads: zeros
         pos = torch.where(valid, valid.long().cumsum(1) - 1, -1)      # [B, L] position in the sequence
         return masked_moba_attention(q, k, v, pos[:, L - T:], pos, block_size, top_k, self.scale)
 

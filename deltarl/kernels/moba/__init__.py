@@ -13,12 +13,19 @@ from .masked import masked_moba_attention, moba_mask
 from .naive import naive_moba_attention, visible_keys
 
 
-def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None):
-    """MoBA over packed sequences: FlexAttention on CUDA (its "gathered" way, `flex.py`); on the CPU the
+def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None,
+                   impl: str = "gathered"):
+    """MoBA over packed sequences: FlexAttention on CUDA (`flex.py`, its `impl` way); on the CPU the
     sequences are gathered into right-padded rows and attended with a boolean mask (`masked.py`)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.is_cuda:
-        return flex_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
+        return flex_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale, impl=impl)
+    return padded_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
+
+
+def padded_moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float):
+    """MoBA over packed sequences by the masked path: the sequences gathered into right-padded rows
+    [N, L], a [N, H, L, L] mask. Runs anywhere; the CPU's path and the GPU check's reference."""
     from ..kda.common import padded_index, to_padded
     index, valid = padded_index(cu_seqlens)
     rows = [to_padded(t, index) for t in (q, k, v)]                                  # [N, L, H, D]
@@ -27,6 +34,6 @@ def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: floa
     return o[valid][None]                                                           # [1, T, H, Dv]
 
 
-__all__ = ["moba_attention", "naive_moba_attention", "masked_moba_attention", "flex_moba_attention",
-           "flex_attend", "dense_attend",
-           "moba_block_mask", "moba_mask", "visible_keys", "packed_blocks", "row_blocks", "block_means", "choose_blocks"]
+__all__ = ["moba_attention", "padded_moba_attention", "flex_moba_attention", "masked_moba_attention",
+           "naive_moba_attention", "visible_keys", "flex_attend", "dense_attend", "moba_block_mask", "moba_mask",
+           "packed_blocks", "row_blocks", "block_means", "choose_blocks"]
