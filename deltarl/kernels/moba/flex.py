@@ -117,16 +117,19 @@ def _gathered(q, k, v, layout, chosen, scale, attend):
     unsort = torch.argsort(order, dim=1)
     o_picks = o_rows[0].gather(1, unsort[..., None].expand_as(o_rows[0])).view(H, T, slots, -1)[None]
     lse_picks = lse_rows[0].gather(1, unsort).view(H, T, slots)[None]
-    return _merge(o_own, lse_own, o_picks, lse_picks).to(q.dtype)
+    return _merge(o_own, lse_own, o_picks, lse_picks)
 
 
 def _merge(o_own, lse_own, o_picks, lse_picks):
     """Softmax over the union of the parts: o_own [1, H, T, Dv], lse_own [1, H, T]; o_picks
-    [1, H, T, slots, Dv], lse_picks [1, H, T, slots] (-inf for an empty slot, whose output is 0)."""
+    [1, H, T, slots, Dv], lse_picks [1, H, T, slots] (-inf for an empty slot, whose output is 0).
+    The shares come from the lse in float32 (or float64); the weighted sum runs in the outputs' dtype,
+    since float32 copies of o_picks would cost more memory than the attention (bf16: the shares are
+    rounded to bf16 once more)."""
     acc = torch.promote_types(o_own.dtype, torch.float32)
     lse = torch.cat([lse_own[..., None], lse_picks], dim=-1).to(acc)                 # [1, H, T, 1 + slots]
-    weight = torch.softmax(lse, dim=-1)                     # exp(lse_part - lse_total): each part's share
-    return weight[..., 0, None] * o_own.to(acc) + (weight[..., 1:, None] * o_picks.to(acc)).sum(-2)
+    share = torch.softmax(lse, dim=-1).to(o_own.dtype)       # exp(lse_part - lse_total) of each part
+    return share[..., 0, None] * o_own + (share[..., 1:, None] * o_picks).sum(-2)
 
 
 class Tiles:
