@@ -168,7 +168,7 @@ def measure(name, T, device, dtype, tiny, reps):
             torch.cuda.reset_peak_memory_stats()
         try:
             results.append(timer())
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             results.append("OOM")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     return (*results, peak)

@@ -56,6 +56,7 @@ def test_moba_config_round_trips_and_picks_its_layers(tmp_path):
 
 @pytest.mark.parametrize("field, moba", [
     ("moba_config.moba_layers", {"block_size": 8, "top_k": 2, "moba_layers": [1]}),    # a KDA layer
+    ("moba_config.moba_layers", {"block_size": 8, "top_k": 2, "moba_layers": 4}),
     ("moba_config.block_size", {"block_size": 0, "top_k": 2, "moba_layers": [4]}),
     ("moba_config.top_k", {"block_size": 8, "top_k": 2.5, "moba_layers": [4]}),
     ("moba_config.top_k", {"block_size": 8, "moba_layers": [4]}),

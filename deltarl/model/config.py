@@ -198,7 +198,10 @@ class KimiLinearConfig(PretrainedConfig):
         for key in ("block_size", "top_k"):
             if not isinstance(moba[key], int) or isinstance(moba[key], bool) or moba[key] <= 0:
                 fail(f"moba_config.{key}", f"must be a positive integer, got {moba[key]!r}")
-        outside = sorted(set(moba["moba_layers"]) - set(full))
+        layers = moba["moba_layers"]
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(i, int) for i in layers):
+            fail("moba_config.moba_layers", f"must be a list of 1-based layer indices, got {layers!r}")
+        outside = sorted(set(layers) - set(full))
         if outside:
             fail("moba_config.moba_layers", f"layers {outside} are not in linear_attn_config.full_attn_layers "
                  f"{sorted(full)} (MoBA replaces full attention; the lists are 1-based)")
