@@ -4,9 +4,9 @@ kv_lora_rank 512, qk 128 + 64, v 128), bf16, on the GPU.
     PYTHONPATH=. python3 benchmarks/moba.py [--out DIR] [--sizes 32768,131072,524288] [--variants ...]
     PYTHONPATH=. python3 benchmarks/moba.py --cpu-smoke
 
-First a correctness check on small shapes: FlexAttention's two ways (compiled, float32) forward and
+First a correctness check on small shapes: FlexAttention's two ways (compiled, bf16) forward and
 backward against the masked path (`padded_moba_attention`) on the same device, and a small all-MLA MoBA
-model's cached decoding against its full forward. Then, per context length T and variant:
+model's cached decoding (float32) against its full forward. Then, per context length T and variant:
 - forward+backward of the layer over one packed sequence of T tokens (x [1, T, 2304] -> out, then
   out.backward), median of a few after a warm-up (which compiles FlexAttention);
 - a decode step of the layer for 4 sequences over a cache of T tokens (latents random), median of 10.
@@ -49,7 +49,9 @@ def check(device, lines):
     """Append the check's lines; raise if an error is over its bound (main records it and still times)."""
     cpu = device == "cpu"
     lengths, H, block_size, top_k = ([37, 150, 93], 2, 16, 2) if cpu else ([700, 1300, 257], 4, 128, 3)
-    bounds = {torch.float64: 1e-12} if cpu else {torch.float32: 2e-3, torch.bfloat16: 5e-2}
+    # bf16 only on the GPU: each dtype compiles FlexAttention's kernels again; a wrong tile or pick
+    # shows as an O(1) error, far above bf16's rounding
+    bounds = {torch.float64: 1e-12} if cpu else {torch.bfloat16: 5e-2}
     for dtype, bound in bounds.items():
         for impl in ("gathered", "tiled"):
             errors = flex_errors(device, dtype, lengths, H, block_size, top_k, impl)

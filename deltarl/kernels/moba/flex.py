@@ -185,16 +185,16 @@ _COMPILED = None
 
 
 def _compiled_flex():
-    """flex_attention compiled once (uncompiled it materialises the whole score matrix). Each mask_mod
-    (own blocks, picks, tiled per top_k), dtype and, until shapes turn dynamic, length is a graph of
-    the one flex_attention frame, more than Dynamo's default 8 per frame, past which it would silently
-    run uncompiled: the limit is raised to 64."""
+    """flex_attention compiled once (uncompiled it materialises the whole score matrix), with dynamic
+    shapes: packed rows change length every step. Each mask_mod (own blocks, picks, tiled per top_k) and
+    dtype is a graph of the one flex_attention frame, which may pass Dynamo's default 8 per frame, past
+    which it would silently run uncompiled: the limit is raised to 64."""
     global _COMPILED
     if _COMPILED is None:
         import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _COMPILED = torch.compile(flex_attention)
+        _COMPILED = torch.compile(flex_attention, dynamic=True)
     return _COMPILED
 
 
