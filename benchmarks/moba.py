@@ -13,7 +13,8 @@ model's cached decoding (float32) against its full forward. Then, per context le
 Variants: `dense` (the model's MLA path: SDPA over the sequence), `moba-4096x3` and `moba-512x8`
 (block size x top_k; FlexAttention's gathered way, the model's default on CUDA) and `tiled-4096x3` (the
 tiled way). OOM is recorded and the run goes on. DIR/moba_<device>.md is rewritten after every row, so
-a run cut short keeps what it measured.
+a run cut short keeps what it measured (to split a run over calls, give each its own --sizes and DIR).
+The first MoBA row pays FlexAttention's compilation in its warm-up call, not in its timing.
 
 Inputs are random, so the gate's picks are close to random per query: no matter for the gathered way,
 the worst case for the tiled way (a tile of 128 queries then visits nearly every block).
