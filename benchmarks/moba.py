@@ -206,9 +206,9 @@ def main():
     smoke = args.cpu_smoke
     device = "cpu" if smoke else "cuda"
     name = "cpu-smoke" if smoke else torch.cuda.get_device_name()
+    command = "--cpu-smoke" if smoke else f"--sizes {args.sizes} --variants {args.variants}"
     header = [f"# MoBA vs dense, one MLA layer ({name})", "",
-              f"torch {torch.__version__}; `PYTHONPATH=. python3 benchmarks/moba.py "
-              f"{'--cpu-smoke' if smoke else ''}`" + ("" if smoke else f" --sizes {args.sizes} --variants {args.variants}"),
+              f"torch {torch.__version__}; `PYTHONPATH=. python3 benchmarks/moba.py {command}`",
               "", "## Correctness", ""]
     torch.manual_seed(0)
     failed = False

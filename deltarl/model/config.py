@@ -12,8 +12,9 @@ class KimiLinearConfig(PretrainedConfig):
     `linear_attn_config["full_attn_layers"]` are Multi-Head Latent Attention layers without positional
     encoding. `moba_config = {"block_size", "top_k", "moba_layers"}` makes the MLA layers in `moba_layers`
     (1-based, a subset of full_attn_layers) use MoBA block-sparse attention (`deltarl.kernels.moba`);
-    None (the default) keeps every layer dense and writes no key. `num_experts=None` gives dense FFNs everywhere; otherwise layers from `first_k_dense_replace`
-    on (every `moe_layer_freq`-th) are mixture-of-experts blocks, as in vLLM's implementation.
+    None (the default) keeps every layer dense and writes no key. `num_experts=None` gives dense FFNs
+    everywhere; otherwise layers from `first_k_dense_replace` on (every `moe_layer_freq`-th) are
+    mixture-of-experts blocks, as in vLLM's implementation.
     """
 
     model_type = "kimi_linear"

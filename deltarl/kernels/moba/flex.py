@@ -69,7 +69,8 @@ class _BlockLayout:
         edges.index_add_(1, self.last_tile + 1, -used)       # -1 just after they end
         visit = edges.cumsum(1)[:, :self.key_tiles] > 0
         if causal:
-            visit &= torch.arange(self.key_tiles, device=used.device)[None] <= torch.arange(n_q, device=used.device)[:, None]
+            key_tile = torch.arange(self.key_tiles, device=used.device)
+            visit &= key_tile[None] <= torch.arange(n_q, device=used.device)[:, None]
         return visit
 
 
