@@ -1,4 +1,5 @@
-"""MoBA as a boolean mask for PyTorch's SDPA: the path for the CPU, padded batches and cached prefill.
+"""MoBA as a boolean mask for PyTorch's SDPA: the path on the CPU, and on any device for new tokens
+after a cached history (a prefill in chunks).
 
 The mask is [B, H, T, L] (every query against every key of its row), so the cost is dense attention's;
 what it buys is one general form: rows may be left-padded (a decode batch), right-padded (packed
