@@ -12,7 +12,8 @@ model's cached decoding (float32) against its full forward. Then, per context le
 - a decode step of the layer for 4 sequences over a cache of T tokens (latents random), median of 10.
 Variants: `dense` (the model's MLA path: SDPA over the sequence), `moba-4096x3` and `moba-512x8`
 (block size x top_k; FlexAttention's gathered way, the model's default on CUDA) and `tiled-4096x3` (the
-tiled way). OOM is recorded and the run goes on. DIR/moba_<device>.md is rewritten after every row, so
+tiled way); not by default, `flex-dense` (one block per sequence: causal attention in FlexAttention, to
+tell FlexAttention's kernel from SDPA's apart from MoBA's sparsity). OOM is recorded and the run goes on. DIR/moba_<device>.md is rewritten after every row, so
 a run cut short keeps what it measured (to split a run over calls, give each its own --sizes and DIR).
 The first MoBA row pays FlexAttention's compilation in its warm-up call, not in its timing.
 
@@ -40,7 +41,9 @@ from deltarl.model.mla_attention import KimiMLAAttention  # noqa: E402
 from deltarl.model.moba import add_to_block_sums  # noqa: E402
 
 VARIANTS = {"dense": None, "moba-4096x3": (4096, 3, "gathered"), "moba-512x8": (512, 8, "gathered"),
-            "tiled-4096x3": (4096, 3, "tiled")}
+            "tiled-4096x3": (4096, 3, "tiled"),
+            "flex-dense": (2**30, 1, "tiled")}     # one block per sequence: causal attention in FlexAttention
+DEFAULT_VARIANTS = "dense,moba-4096x3,moba-512x8,tiled-4096x3"
 LAYER = 3                    # 0-based index of the MLA layer in a 4-layer config (1-based layer 4)
 DECODE_BATCH = 4
 
@@ -200,7 +203,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--sizes", default="32768,131072,524288")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--cpu-smoke", action="store_true")
     args = parser.parse_args()
     smoke = args.cpu_smoke
