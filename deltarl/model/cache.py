@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .moba import add_to_block_sums
+
 
 @dataclass
 class KDAState:
@@ -24,6 +26,7 @@ class MLAState:
     latent: torch.Tensor        # [B, capacity, kv_lora_rank]
     k_pe: torch.Tensor          # [B, capacity, qk_rope_head_dim]
     length: int
+    block_sums: torch.Tensor | None = None   # MoBA layers: [B, blocks, kv_lora_rank + rope], per sequence
 
     def live(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The history, [B, length, ...] views of the buffers."""
@@ -62,6 +65,9 @@ class KimiLinearCache:
             state.latent[:, old.length:old.length + n] = latent
             state.k_pe[:, old.length:old.length + n] = k_pe
             state.length = old.length + n
+        moba = self.config.moba_block(layer_idx)
+        if moba is not None:        # the MoBA gate's block means, kept as sums as tokens arrive
+            state.block_sums = add_to_block_sums(state.block_sums, latent, k_pe, self.valid, moba[0])
         self.layers[layer_idx] = state
         return state.live()
 
@@ -106,6 +112,7 @@ class KimiLinearCache:
                 tensors += [state.conv, state.recurrent]
             elif isinstance(state, MLAState):
                 tensors += list(state.live())
+                tensors += [] if state.block_sums is None else [state.block_sums]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def nbytes_per_sequence(self) -> int:
@@ -141,7 +148,18 @@ def _regroup(parts, length: int, capacity: int) -> MLAState:
             src = src[:, state.length - keep:state.length]
             dst[r:r + n, length - keep:length] = src if index is None else src[index]
         r += n
-    return MLAState(latent, k_pe, length)
+    return MLAState(latent, k_pe, length, _stacked_block_sums(parts))
+
+
+def _stacked_block_sums(parts) -> torch.Tensor | None:
+    """The MoBA block sums of the rows `index` of each part, stacked, fewer blocks padded with zeros
+    (a sequence's blocks are counted from its first token, so dropping or adding left padding does
+    not move them)."""
+    if parts[0][0].block_sums is None:
+        return None
+    sums = [s.block_sums if index is None else s.block_sums[index] for s, index in parts]
+    blocks = max(s.shape[1] for s in sums)
+    return torch.cat([torch.cat([s, s.new_zeros(s.shape[0], blocks - s.shape[1], s.shape[2])], 1) for s in sums])
 
 
 def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:

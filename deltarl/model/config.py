@@ -10,8 +10,11 @@ class KimiLinearConfig(PretrainedConfig):
 
     Layers listed (1-based) in `linear_attn_config["kda_layers"]` are Kimi Delta Attention layers; those in
     `linear_attn_config["full_attn_layers"]` are Multi-Head Latent Attention layers without positional
-    encoding. `num_experts=None` gives dense FFNs everywhere; otherwise layers from `first_k_dense_replace`
-    on (every `moe_layer_freq`-th) are mixture-of-experts blocks, as in vLLM's implementation.
+    encoding. `moba_config = {"block_size", "top_k", "moba_layers"}` makes the MLA layers in `moba_layers`
+    (1-based, a subset of full_attn_layers) use MoBA block-sparse attention (`deltarl.kernels.moba`);
+    None (the default) keeps every layer dense and writes no key. `num_experts=None` gives dense FFNs
+    everywhere; otherwise layers from `first_k_dense_replace` on (every `moe_layer_freq`-th) are
+    mixture-of-experts blocks, as in vLLM's implementation.
     """
 
     model_type = "kimi_linear"
@@ -54,6 +57,7 @@ class KimiLinearConfig(PretrainedConfig):
         num_expert_group=1,
         topk_group=1,
         linear_attn_config=None,
+        moba_config=None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -95,6 +99,7 @@ class KimiLinearConfig(PretrainedConfig):
                 "short_conv_kernel_size": 4,
             }
         self.linear_attn_config = dict(linear_attn_config)
+        self.moba_config = None if moba_config is None else dict(moba_config)
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_fields()
@@ -106,6 +111,21 @@ class KimiLinearConfig(PretrainedConfig):
     def is_moe_layer(self, layer_idx: int) -> bool:
         return (self.num_experts is not None and layer_idx >= self.first_k_dense_replace
                 and layer_idx % self.moe_layer_freq == 0)
+
+    def moba_block(self, layer_idx: int) -> tuple[int, int] | None:
+        """(block_size, top_k) if layer `layer_idx` (0-based) attends with MoBA, else None."""
+        moba = self.moba_config
+        if moba is None or (layer_idx + 1) not in moba["moba_layers"]:
+            return None
+        return moba["block_size"], moba["top_k"]
+
+    def to_dict(self) -> dict:
+        """The saved fields; `moba_config` only when set, so a dense model's config.json is byte for byte
+        what it was before MoBA existed (what vLLM loads)."""
+        out = super().to_dict()
+        if out.get("moba_config", 0) is None:
+            del out["moba_config"]
+        return out
 
     @property
     def is_moe(self) -> bool:
@@ -143,6 +163,8 @@ class KimiLinearConfig(PretrainedConfig):
         if self.mla_use_nope is not True:
             fail("mla_use_nope", "must be true: Kimi Linear's MLA layers use no positional encoding")
         self._validate_linear_attn_config(fail)
+        if self.moba_config is not None:
+            self._validate_moba(fail)
         if self.num_experts is not None:
             self._validate_moe(fail)
 
@@ -165,6 +187,25 @@ class KimiLinearConfig(PretrainedConfig):
         if every_layer - kda - full:
             fail("linear_attn_config.kda_layers", f"layers {sorted(every_layer - kda - full)} are in neither "
                  "kda_layers nor full_attn_layers")
+
+    def _validate_moba(self, fail):
+        moba, full = self.moba_config, self.linear_attn_config["full_attn_layers"]
+        required = ("block_size", "top_k", "moba_layers")
+        for key in required:
+            if key not in moba:
+                fail(f"moba_config.{key}", f"missing; moba_config needs {list(required)}")
+        if set(moba) - set(required):
+            fail("moba_config", f"unknown keys {sorted(set(moba) - set(required))}; allowed: {list(required)}")
+        for key in ("block_size", "top_k"):
+            if not isinstance(moba[key], int) or isinstance(moba[key], bool) or moba[key] <= 0:
+                fail(f"moba_config.{key}", f"must be a positive integer, got {moba[key]!r}")
+        layers = moba["moba_layers"]
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(i, int) for i in layers):
+            fail("moba_config.moba_layers", f"must be a list of 1-based layer indices, got {layers!r}")
+        outside = sorted(set(layers) - set(full))
+        if outside:
+            fail("moba_config.moba_layers", f"layers {outside} are not in linear_attn_config.full_attn_layers "
+                 f"{sorted(full)} (MoBA replaces full attention; the lists are 1-based)")
 
     def _validate_moe(self, fail):
         if not isinstance(self.num_experts, int) or self.num_experts <= 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import os
 import re
 import types
@@ -698,6 +699,17 @@ def _check_together(cfg: RunConfig, c: _Checker):
                                              "a response fits in one micro-batch")
     if d.task is not None and r.prompts_per_step > d.train_size:
         c.fail("rollout.prompts_per_step", f"must be <= data.train_size ({d.train_size})")
+    if r.engine == "vllm" and _uses_moba(cfg.model):
+        c.fail("rollout.engine", "vllm does not serve MoBA attention (the model's moba_config); a MoBA "
+                                 "model's rollouts use rollout.engine=embedded")
+
+
+def _uses_moba(m: ModelSection) -> bool:
+    """Whether the model has MoBA layers: `moba_config` in model.init, or in model.path's config.json."""
+    if m.path is None:
+        return m.init.get("moba_config") is not None
+    config = Path(m.path).expanduser() / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("moba_config") is not None
 
 
 def _check_files(cfg: RunConfig, c: _Checker):
