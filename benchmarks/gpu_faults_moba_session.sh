@@ -1,0 +1,24 @@
+#!/bin/sh
+# One GPU session for MoBA (issue 22) and fault tolerance (issue 24); needs the core+vllm gpu-kit in /tmp/site.
+#   sh benchmarks/gpu_faults_moba_session.sh moba SIZES    # FlexAttention check + benchmarks/moba.py at SIZES
+#   sh benchmarks/gpu_faults_moba_session.sh kill          # gpu_single.yaml with its vLLM engine killed at step 10
+set -x
+export PYTHONPATH=/tmp/site:.
+case "$1" in
+moba)
+  mkdir -p $OUT/moba
+  (python3 -m pytest --version && timeout 200 python3 -m pytest -o addopts="" -q -x tests/gpu/test_moba_gpu.py) \
+    > $OUT/moba/gpu_test.log 2>&1
+  echo "gpu test rc=$?"; tail -3 $OUT/moba/gpu_test.log
+  timeout ${MOBA_TIMEOUT:-380} python3 benchmarks/moba.py --out $OUT/moba --sizes ${2:-32768,131072} > $OUT/moba/moba.log 2>&1
+  echo "moba rc=$?"; tail -30 $OUT/moba/moba.log
+  ;;
+kill)
+  mkdir -p $OUT/kill
+  WARM=checkpoints/arithmetic-warmup-vllm
+  timeout 560 python3 benchmarks/engine_kill.py --steps 30 --kill-after 10 --out $OUT/kill model.path=$WARM \
+    tokenizer=$WARM rollout.enforce_eager=true
+  echo "engine_kill rc=$?"
+  tail -5 $OUT/kill/run.log
+  ;;
+esac
