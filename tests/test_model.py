@@ -77,7 +77,11 @@ def test_left_padded_batch_decodes_like_each_prompt_alone():
 def test_generate_equals_manual_greedy_loop():
     model = hybrid_model()
     ids = torch.randint(4, 128, (2, 9))
+    fed = []                       # tokens per forward: the prompt, then one per step through the cache
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, args, out: fed.append(args[0].shape[1]))
     out = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    hook.remove()
+    assert fed == [9] + [1] * 11, f"generate() did not decode through the cache: tokens fed per step {fed}"
     x = ids
     for _ in range(12):
         x = torch.cat([x, model(x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)

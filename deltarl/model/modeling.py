@@ -152,8 +152,11 @@ class KimiLinearForCausalLM(KimiLinearPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      use_cache=True, **kwargs):
-        """First step: the whole (left-padded) prompt fills a new cache; later steps feed the last token."""
+                                      use_cache=True, cache=None, **kwargs):
+        """First step: the whole (left-padded) prompt fills a new cache; later steps feed the last token.
+        transformers before 5.2x hands the running cache back as `past_key_values`, newer releases as
+        `cache`: either is the same KimiLinearCache."""
+        past_key_values = past_key_values if past_key_values is not None else cache
         if past_key_values is None or past_key_values.get_seq_length() == 0:
             past_key_values = KimiLinearCache(self.config) if use_cache else None
         else:
