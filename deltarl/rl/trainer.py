@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deltarl.rewards import RewardSpec, compute_rewards
+from deltarl.rewards import RewardSpec
 from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, groups_needed, kl_penalty,
                                    overlong_shaping)
 from deltarl.rl.config import RunConfig, config_to_dict, save_config
@@ -23,6 +23,7 @@ from deltarl.rl.monitor import Monitor, plot_run, progress
 from deltarl.rollout import SamplingParams
 
 from . import checkpoint as ckpt
+from .reward_workers import score_batch, start_reward_pool
 from .samples import batch_from_completions, concat_batches
 
 
@@ -273,18 +274,19 @@ def sync_weights(cfg, ray, rollouts, learners, shared_gpu: bool, weight_group=No
         ray.get([w.update_weights.remote(weights) for w in rollouts])
 
 
-def score(cfg, tokenizer, rows, completions, specs):
-    """Decode responses, run the reward functions; returns (texts, RewardBatch)."""
+def score(cfg, tokenizer, rows, completions, specs, pool=None):
+    """Decode responses, run the reward functions (in the reward workers `pool`, or here when None);
+    returns (texts, RewardBatch)."""
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    batch = compute_rewards([rows[c.prompt_index]["prompt"] for c in completions], texts,
-                            [rows[c.prompt_index] for c in completions], specs)
+    batch = score_batch(pool, [rows[c.prompt_index]["prompt"] for c in completions], texts,
+                        [rows[c.prompt_index] for c in completions], specs)
     return texts, batch
 
 
 MAX_SAMPLING_ROUNDS = 4   # generate rounds per step under dynamic sampling (the first one included)
 
 
-def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
+def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics, reward_pool=None):
     """Generate for one step's prompts. With dynamic sampling (DAPO), drop groups whose rewards are all
     equal and refill: each round asks for `groups_needed(kept, target, kept / generated)` new prompts
     (the missing groups over the keep rate so far, floored at 10%), until `rollout.prompts_per_step`
@@ -295,7 +297,7 @@ def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
                             seed=cfg.run.seed * 1_000_003 + step)
     kept_batches, kept_rewards, kept_rows, parts, failures = [], [], [], {}, {}
     target, kept_groups, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0, 0
-    t_gen = t_reward = 0.0
+    t_gen = t_reward = cpu_reward = 0.0
     tokens = 0
     while kept_groups < target and rounds < (MAX_SAMPLING_ROUNDS if cfg.algorithm.dynamic_sampling else 1):
         keep_rate = kept_groups / len(kept_rows) if kept_rows else 1.0
@@ -305,9 +307,9 @@ def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
         completions = generate(ray, rollouts, prompt_ids, params)
         t_gen += time.perf_counter() - t0
         tokens += sum(len(c.token_ids) for c in completions)
-        t0 = time.perf_counter()
-        _, reward_batch = score(cfg, tokenizer, rows, completions, specs)
-        t_reward += time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        _, reward_batch = score(cfg, tokenizer, rows, completions, specs, reward_pool)
+        t_reward, cpu_reward = t_reward + time.perf_counter() - t0, cpu_reward + time.process_time() - cpu0
         batch = batch_from_completions(prompt_ids, completions)
         rewards = torch.tensor(reward_batch.totals)
         for k, v in reward_batch.parts.items():
@@ -328,13 +330,13 @@ def collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics):
         rounds += 1
     batch, rewards = first_groups(concat_batches(kept_batches),
                                   torch.cat(kept_rewards) if kept_rewards else torch.zeros(0), target)
-    metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward,
+    metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward, "time/reward_driver_cpu_s": cpu_reward,
                     "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
                     "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds),
                     "rollout/generated_prompts": float(len(kept_rows))})
     for k, v in parts.items():
         metrics[f"reward/{k}/mean"] = sum(v) / len(v)
-        if all(x in (0.0, 1.0) for x in v):
+        if "reward/accuracy" not in metrics and all(x in (0.0, 1.0) for x in v):   # the first 0/1 reward
             metrics["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
     for k, v in failures.items():
         metrics[f"reward_fail/{k}"] = float(v)
@@ -392,6 +394,7 @@ def train(cfg: RunConfig) -> Path:
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
     rollouts, learner, shared_gpu = start_actors(cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
     weight_group = open_weight_group(cfg, ray, rollouts, shared_gpu)
+    reward_pool = start_reward_pool(cfg.reward, specs, cfg.ray.placement_timeout_s)   # None: score here
     if resume_from:
         learner.load(str(resume_from))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
@@ -403,7 +406,8 @@ def train(cfg: RunConfig) -> Path:
     def run_eval(step):
         eval_temperature = cfg.rollout.eval_temperature or cfg.rollout.temperature   # null: the rollout's
         metrics = evaluate(lambda ids, params: generate(ray, rollouts, ids, params), tokenizer, eval_rows, specs,
-                           cfg.rollout.max_tokens, cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed)
+                           cfg.rollout.max_tokens, cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed,
+                           reward_pool=reward_pool)
         monitor.log(step, metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
@@ -415,7 +419,7 @@ def train(cfg: RunConfig) -> Path:
         step += 1
         t_step = time.perf_counter()
         metrics = {}
-        batch, rewards = collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics)
+        batch, rewards = collect(cfg, ray, rollouts, tokenizer, stream, specs, step, metrics, reward_pool)
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
             continue
@@ -454,6 +458,8 @@ def train(cfg: RunConfig) -> Path:
         learner.save(str(final))
         tokenizer.save_pretrained(final / "policy")
         save_checkpoint(learner, tokenizer, run_dir, step, stream.position)
+    if reward_pool is not None:
+        reward_pool.close()
     bar.close()
     monitor.close()
     plot_run(run_dir)
