@@ -32,9 +32,13 @@ CHUNKS_PER_WORKER = 4       # chunks per worker and step: small enough to balanc
 
 
 class RewardWorker:
-    """One Ray actor: the reward specs, loaded once, applied to chunks."""
+    """One Ray actor: the reward specs, loaded once, applied to chunks. Its sandbox runs at most
+    `parallel` programs at once (the CPUs Ray gave it), not one per core of the host."""
 
-    def __init__(self, specs: list):
+    def __init__(self, specs: list, parallel: int = 1):
+        from deltarl.rewards.sandbox import set_default_parallel
+
+        set_default_parallel(parallel)
         self.specs = [RewardSpec.from_config(s) for s in specs]
         for spec in self.specs:
             spec.resolve()                      # a function that cannot load fails at start-up
@@ -94,7 +98,8 @@ class RewardWorkerPool:
         self.chunk_size, self.retries = chunk_size, 0
         actor = ray.remote(RewardWorker).options(num_cpus=cpus_per_worker, max_restarts=-1,
                                                  max_concurrency=1, scheduling_strategy="SPREAD")
-        self.workers = [actor.remote([spec_config(s) for s in self.specs]) for _ in range(num_workers)]
+        configs, parallel = [spec_config(s) for s in self.specs], max(1, round(cpus_per_worker))
+        self.workers = [actor.remote(configs, parallel) for _ in range(num_workers)]
         ready, _ = ray.wait([w.pid.remote() for w in self.workers], num_returns=num_workers,
                             timeout=ready_timeout_s)
         if len(ready) < num_workers:

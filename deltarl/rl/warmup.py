@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="samples per prompt for pass@k")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the pass@k samples")
     p.add_argument("--eval-every", type=int, default=100, help="greedy eval every N steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save the model every N steps to OUT/steps/step_N (0: only at the end), to pick a "
+                        "checkpoint from the accuracy curve without training again")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -210,6 +213,9 @@ def train(net, tokenizer, args, rows, evals, budget: int) -> dict:
             history.append({"step": done, "loss": sum(losses[-20:]) / len(losses[-20:]), "greedy_accuracy": acc,
                             "seconds": round(time.perf_counter() - start, 1)})
             tqdm.write(f"step {done}: loss {history[-1]['loss']:.3f}, held-out greedy accuracy {acc:.1%}")
+        if args.save_every and done % args.save_every == 0 and done < args.steps:
+            net.save_pretrained(Path(args.out) / "steps" / f"step_{done}")
+            tokenizer.save_pretrained(Path(args.out) / "steps" / f"step_{done}")
         if out_of_time:
             tqdm.write(f"stopping at step {done}: the {args.minutes}-minute budget is spent")
             break
