@@ -146,3 +146,22 @@ def test_hostile_programs_scored_in_a_worker_are_contained(local_ray, tmp_path):
 def test_workers_that_cannot_be_placed_fail_with_the_fields_named(local_ray):
     with pytest.raises(RuntimeError, match="reward.num_workers=2.*reward.cpus_per_worker=3"):
         RewardWorkerPool([RewardSpec("math")], num_workers=2, cpus_per_worker=3, ready_timeout_s=3)
+
+
+def test_an_rl_run_scores_through_reward_workers(tmp_path):
+    """configs/math_cpu.yaml for 2 steps: rewards and the evaluations scored by 2 reward workers."""
+    import json
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "run_rl.py", "--config", "configs/math_cpu.yaml", f"run.output_dir={tmp_path}",
+                           "run.steps=2", "run.eval_every=2", "run.save_every=0", "run.progress_bar=false",
+                           "rollout.n=4", "rollout.prompts_per_step=4", "rollout.eval_n=1", "data.train_size=64",
+                           "data.eval_size=8"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run directory: ")[-1])
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [m for m in steps if "reward/math/mean" in m]
+    assert len(trained) == 2 and all(m["time/reward_driver_cpu_s"] < m["time/reward_s"] + 1 for m in trained)
+    assert all(m["reward_fail/math/error"] == 0 for m in trained)
+    assert "eval/greedy_accuracy" in steps[-1]
