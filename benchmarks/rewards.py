@@ -1,9 +1,11 @@
-"""Reward throughput on this machine: sandboxed programs/s and math verifications/s.
+"""Reward throughput on this machine: sandboxed programs/s and math verifications/s, in this process and
+through reward-worker actors (rl.reward_workers) with 1, 2 and all cores.
 
-    python benchmarks/rewards.py [--quick]
+    python benchmarks/rewards.py [--quick] [--out FILE]
 
-Prints a markdown table and writes it, with the machine's description, to
-benchmarks/results/rewards_cpu.md. Takes about a minute on a 2-core CPU.
+Prints a markdown table and writes it, with the machine's description, to benchmarks/results/rewards_cpu.md
+(the GPU machine: pass --out benchmarks/results/rewards_<host>.md). The file opens with the current table;
+the tables it held before move below it, under "Earlier runs". Takes about two minutes on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from deltarl.rewards import MathVerifier, RewardSpec, Sandbox, compute_rewards  # noqa: E402
 from deltarl.rewards.math import check_response  # noqa: E402
 from deltarl.rl.data import make_task  # noqa: E402
+from deltarl.rl.reward_workers import RewardWorkerPool  # noqa: E402
 
 SUM_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 SUM_TESTS = {"inputs": ["1 2\n", "10 -3\n", "0 0\n", "5 5\n"], "outputs": ["3\n", "7\n", "0\n", "10\n"]}
@@ -116,6 +119,85 @@ def bench_synthetic(n: int) -> float:
     return time.perf_counter() - t0
 
 
+def worker_counts() -> list[int]:
+    """1, 2 and all cores (as many distinct counts as this machine has)."""
+    return sorted({1, min(2, os.cpu_count() or 1), os.cpu_count() or 1})
+
+
+def bench_workers(kind: str, n: int, workers: int) -> tuple[float, float]:
+    """One batch of n samples scored by `workers` reward-worker actors of 1 CPU each:
+    (wall seconds, this driver's own CPU seconds). kind "code": 4 stdin/stdout tests per sample (4
+    sandboxed programs); "math": one math-verify check per sample."""
+
+    if kind == "code":
+        spec = RewardSpec("code", kwargs={"mode": "fraction"})
+        responses, rows = [f"```python\n{SUM_PROGRAM}```"] * n, [{"tests": SUM_TESTS}] * n
+    else:
+        spec = RewardSpec("math")
+        cases = [math_case(10_000 * workers + i) for i in range(n)]
+        responses, rows = [c[0] for c in cases], [{"answer": c[1]} for c in cases]
+    pool = RewardWorkerPool([spec], num_workers=workers, cpus_per_worker=1)
+    try:
+        pool.score(["p"] * 4 * workers, responses[:4 * workers], rows[:4 * workers])   # start-up, imports
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        batch = pool.score(["p"] * n, responses, rows)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        pool.close()
+    if kind == "code":
+        assert batch.parts["code"] == [1.0] * n, batch.failures
+    else:
+        assert sum(batch.parts["math"]) == n - n // 10, batch.failures       # every tenth is the trap
+    return elapsed, cpu
+
+
+def bench_driver_cpu(kind: str, n: int) -> tuple[float, float]:
+    """The same batch scored in this process (reward.num_workers=0): (wall s, this process's CPU s)."""
+    if kind == "code":
+        spec = RewardSpec("code", kwargs={"mode": "fraction"})
+        responses, rows = [f"```python\n{SUM_PROGRAM}```"] * n, [{"tests": SUM_TESTS}] * n
+    else:
+        spec = RewardSpec("math")
+        cases = [math_case(50_000 + i) for i in range(n)]
+        responses, rows = [c[0] for c in cases], [{"answer": c[1]} for c in cases]
+    compute_rewards(["p"] * 4, responses[:4], rows[:4], [spec])
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    compute_rewards(["p"] * n, responses, rows, [spec])
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def worker_rows(scale: float) -> list[tuple]:
+    """Table rows of the reward-worker benchmarks (a local Ray with this machine's cores)."""
+    import ray
+
+    n_code, n_math = max(8, int(64 * scale)), max(40, int(400 * scale))
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        for kind, n, unit, per in (("code", n_code, "programs/s", 4), ("math", n_math, "checks/s", 1)):
+            elapsed, cpu = bench_driver_cpu(kind, n)
+            rows.append((f"{kind} reward in the driver (reward.num_workers=0); driver CPU {1000 * cpu:.0f} ms "
+                         f"per batch of {n}", per * n, elapsed, unit))
+            for workers in worker_counts():
+                elapsed, cpu = bench_workers(kind, n, workers)
+                rows.append((f"{kind} reward, {workers} reward worker(s) of 1 CPU; driver CPU {1000 * cpu:.0f} ms "
+                             f"per batch of {n}", per * n, elapsed, unit))
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def write_results(path: Path, text: str):
+    """`text` first; the tables the file held before (its own earlier runs) after it."""
+    earlier = ""
+    if path.exists():
+        old = path.read_text()
+        first, _, history = old.partition("\n## Earlier runs\n")
+        earlier = first.split("\n", 1)[1].strip() + ("\n\n" + history.strip() if history.strip() else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + (f"\n## Earlier runs\n\n{earlier}\n" if earlier else ""))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -147,6 +229,7 @@ def main():
     n_syn = int(5000 * scale)
     rows.append(("countdown checker through compute_rewards", n_syn, bench_synthetic(n_syn),
                  "samples/s"))
+    rows += worker_rows(scale)
 
     desc = machine()
     lines = ["| benchmark | n | seconds | throughput |", "|---|---:|---:|---:|"]
@@ -159,8 +242,7 @@ def main():
     print(f"Machine: {desc}; sandbox tier: {tier}\n")
     print(table)
     if not args.quick:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_results(Path(args.out), text)
         print(f"\nwritten to {args.out}")
 
 

@@ -181,7 +181,7 @@ def test_wrong_type_names_the_field(override, message):
     ("algorithm.loss_aggregation=mean", "algorithm.loss_aggregation: 'mean' is not one of"),
     ("algorithm.kl_estimator=k4", "algorithm.kl_estimator: 'k4' is not one of ['k1', 'k2', 'k3']"),
     ("ray.placement=spread", "ray.placement: 'spread' is not one of ['colocated', 'split']"),
-    ("data.task=sudoku", "data.task: 'sudoku' is not one of ['arithmetic', 'countdown']"),
+    ("data.task=sudoku", "data.task: 'sudoku' is not one of ['arithmetic', 'countdown', 'math_word', 'code_io']"),
     ("tokenizer=builtin:bytes", "tokenizer: 'builtin:bytes' is not one of ['builtin:char']"),
     ("algorithm.tis_cap=0.5", "algorithm.tis_cap: must be >= 1"),
     ("run.steps=0", "run.steps: must be >= 1"),

@@ -249,18 +249,31 @@ def _run_call(code, suite, sandbox, limits, total_timeout_s, float_tol) -> TestR
     return TestReport(statuses.count("pass"), n, statuses)
 
 
+CASE_STATUSES = ("pass", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit", "not_run")
+
+
 def code_reward(prompt: str, response: str, tests, *, mode: str = "fraction",
                 timeout_s: float = 4.0, memory_mb: int = 1024, total_timeout_s: float = 60.0,
-                float_tol: float | None = 1e-6, sandbox: Sandbox | None = None, **_) -> dict:
+                float_tol: float | None = 1e-6, sandbox: Sandbox | None = None,
+                report_statuses: bool = False, **_) -> dict:
     """{"score", "pass_rate"}: the fraction of tests passed (mode "fraction") or 1.0 only if all
-    pass (mode "all"). No code block in the response scores 0. Malformed tests raise."""
+    pass (mode "all"). No code block in the response scores 0. Malformed tests raise.
+
+    `report_statuses` adds, per sample, how many test cases ended in each of CASE_STATUSES
+    ("cases_timeout", ...) and "no_code" (1.0 when the response had no program): the trainer logs
+    their means per step as reward/code/cases_timeout/mean and so on."""
     if mode not in ("fraction", "all"):
         raise ValueError("mode must be 'fraction' or 'all'")
     suite = parse_tests(tests)  # a data error is an error even when the response has no code
     code = extract_code(response)
+    statuses = {f"cases_{s}": 0.0 for s in CASE_STATUSES} if report_statuses else {}
     if code is None:
-        return {"score": 0.0, "pass_rate": 0.0}
+        return {"score": 0.0, "pass_rate": 0.0, **({**statuses, "no_code": 1.0} if report_statuses else {})}
     report = run_tests(code, suite, timeout_s=timeout_s, memory_mb=memory_mb, total_timeout_s=total_timeout_s,
                        stop_on_fail=mode == "all", float_tol=float_tol, sandbox=sandbox)
     score = report.pass_rate if mode == "fraction" else float(report.passed == report.total)
-    return {"score": score, "pass_rate": report.pass_rate}
+    if report_statuses:
+        for status in report.statuses:
+            statuses[f"cases_{status}"] = statuses.get(f"cases_{status}", 0.0) + 1.0
+        statuses["no_code"] = 0.0
+    return {"score": score, "pass_rate": report.pass_rate, **statuses}

@@ -460,3 +460,12 @@ def default_sandbox() -> Sandbox:
         if _DEFAULT is None:
             _DEFAULT = Sandbox()
         return _DEFAULT
+
+
+def set_default_parallel(max_parallel: int) -> Sandbox:
+    """Make the process-wide sandbox run at most `max_parallel` programs at once (default: one per
+    core): a reward-worker actor given 1 of a host's 16 CPUs should not start 16 programs at once."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        _DEFAULT = Sandbox(max_parallel=max_parallel)
+        return _DEFAULT

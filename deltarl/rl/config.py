@@ -33,7 +33,7 @@ import yaml
 # Choices that several checks and the docs share (those of rl.algorithms are checked against it by
 # tests/test_config.py; it is not imported here because it imports torch).
 DTYPES = ("float32", "bfloat16", "float16")
-TASKS = ("arithmetic", "countdown")
+TASKS = ("arithmetic", "countdown", "math_word", "code_io")
 ENGINES = ("embedded", "vllm")
 ADVANTAGES = ("grpo", "drgrpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 OUTCOME_ADVANTAGES = ("grpo", "drgrpo", "rloo")     # one advantage per sample: no per-token rewards
@@ -155,6 +155,9 @@ class RewardFunction:
 class RewardSection:
     functions: list[RewardFunction] = field(
         default_factory=lambda: [RewardFunction(name="accuracy", fn="arithmetic")])
+    num_workers: int = 0              # reward worker actors (rl.reward_workers); 0 scores in the driver
+    cpus_per_worker: float = 1.0      # Ray CPUs each worker asks, beside the rollout and learner bundles
+    chunk_size: int | None = None     # samples per chunk; null: 4 chunks per worker and batch
 
 
 @dataclass
@@ -601,6 +604,9 @@ def _check_reward(r: RewardSection, c: _Checker):
             c.fail(f"{where}.name", f"{f.name!r} is used twice; give each reward its own name")
         seen.add(f.name)
         c.above(f"{where}.timeout", f.timeout, 0)
+    c.at_least("reward.num_workers", r.num_workers, 0)
+    c.at_least("reward.cpus_per_worker", r.cpus_per_worker, 0)
+    c.at_least("reward.chunk_size", r.chunk_size, 1)
 
 
 def _check_algorithm(a: AlgorithmSection, c: _Checker):

@@ -1,5 +1,4 @@
 """Held-out evaluation: greedy accuracy and pass@k on a fixed prompt set."""
-from deltarl.rewards import compute_rewards
 from deltarl.rollout import SamplingParams
 
 
@@ -8,11 +7,15 @@ def accuracy_from_scores(scores: list[float]) -> list[bool]:
     return [s >= 1.0 - 1e-6 for s in scores]
 
 
-def evaluate(generate, tokenizer, rows, reward_specs, max_tokens: int, k: int, temperature: float, seed: int):
+def evaluate(generate, tokenizer, rows, reward_specs, max_tokens: int, k: int, temperature: float, seed: int,
+             reward_pool=None):
     """`generate(prompt_ids, params)` -> completions. Returns {"eval/greedy_accuracy", "eval/pass@k", ...}.
 
     Greedy accuracy decodes at temperature 0; pass@k draws k samples per prompt at `temperature` (the
-    trainer passes rollout.eval_temperature, or rollout.temperature when that is null), unfiltered."""
+    trainer passes rollout.eval_temperature, or rollout.temperature when that is null), unfiltered.
+    `reward_pool`: the run's reward workers (rl.reward_workers), or None to score in this process."""
+    from deltarl.rl.reward_workers import score_batch
+
     prompts = [r["prompt"] for r in rows]
     prompt_ids = [tokenizer(p).input_ids for p in prompts]
     metrics = {}
@@ -22,8 +25,8 @@ def evaluate(generate, tokenizer, rows, reward_specs, max_tokens: int, k: int, t
     for name, params in settings:
         completions = generate(prompt_ids, params)
         texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-        batch = compute_rewards([prompts[c.prompt_index] for c in completions], texts,
-                                [rows[c.prompt_index] for c in completions], reward_specs)
+        batch = score_batch(reward_pool, [prompts[c.prompt_index] for c in completions], texts,
+                            [rows[c.prompt_index] for c in completions], reward_specs)
         first = next(iter(batch.parts.values()))
         correct = accuracy_from_scores(first)
         solved = [False] * len(rows)

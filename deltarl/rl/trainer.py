@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deltarl.rewards import RewardSpec, compute_rewards
+from deltarl.rewards import RewardSpec
 from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, groups_needed, kl_penalty,
                                    overlong_shaping)
 from deltarl.rl.config import RunConfig, config_to_dict, save_config
@@ -25,6 +25,7 @@ from deltarl.rollout import SamplingParams
 from . import checkpoint as ckpt
 from .engines import Engines
 from .recovery import FailureBudget, describe, log_event
+from .reward_workers import score_batch, start_reward_pool
 from .samples import batch_from_completions, concat_batches
 
 
@@ -232,18 +233,19 @@ def start_learner_ranks(cfg: RunConfig, plan: Placement, strategy, model_path: s
     return learners
 
 
-def score(cfg, tokenizer, rows, completions, specs):
-    """Decode responses, run the reward functions; returns (texts, RewardBatch)."""
+def score(cfg, tokenizer, rows, completions, specs, pool=None):
+    """Decode responses, run the reward functions (in the reward workers `pool`, or here when None);
+    returns (texts, RewardBatch)."""
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    batch = compute_rewards([rows[c.prompt_index]["prompt"] for c in completions], texts,
-                            [rows[c.prompt_index] for c in completions], specs)
+    batch = score_batch(pool, [rows[c.prompt_index]["prompt"] for c in completions], texts,
+                        [rows[c.prompt_index] for c in completions], specs)
     return texts, batch
 
 
 MAX_SAMPLING_ROUNDS = 4   # generate rounds per step under dynamic sampling (the first one included)
 
 
-def collect(cfg, engines, tokenizer, stream, specs, step, metrics):
+def collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool=None):
     """Generate for one step's prompts. With dynamic sampling (DAPO), drop groups whose rewards are all
     equal and refill: each round asks for `groups_needed(kept, target, kept / generated)` new prompts
     (the missing groups over the keep rate so far, floored at 10%), until `rollout.prompts_per_step`
@@ -254,7 +256,7 @@ def collect(cfg, engines, tokenizer, stream, specs, step, metrics):
                             seed=cfg.run.seed * 1_000_003 + step)
     kept_batches, kept_rewards, kept_rows, parts, failures = [], [], [], {}, {}
     target, kept_groups, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0, 0
-    t_gen = t_reward = 0.0
+    t_gen = t_reward = cpu_reward = 0.0
     tokens = 0
     while kept_groups < target and rounds < (MAX_SAMPLING_ROUNDS if cfg.algorithm.dynamic_sampling else 1):
         keep_rate = kept_groups / len(kept_rows) if kept_rows else 1.0
@@ -264,9 +266,9 @@ def collect(cfg, engines, tokenizer, stream, specs, step, metrics):
         completions = engines.generate(prompt_ids, params)
         t_gen += time.perf_counter() - t0
         tokens += sum(len(c.token_ids) for c in completions)
-        t0 = time.perf_counter()
-        _, reward_batch = score(cfg, tokenizer, rows, completions, specs)
-        t_reward += time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        _, reward_batch = score(cfg, tokenizer, rows, completions, specs, reward_pool)
+        t_reward, cpu_reward = t_reward + time.perf_counter() - t0, cpu_reward + time.process_time() - cpu0
         batch = batch_from_completions(prompt_ids, completions)
         rewards = torch.tensor(reward_batch.totals)
         for k, v in reward_batch.parts.items():
@@ -287,13 +289,13 @@ def collect(cfg, engines, tokenizer, stream, specs, step, metrics):
         rounds += 1
     batch, rewards = first_groups(concat_batches(kept_batches),
                                   torch.cat(kept_rewards) if kept_rewards else torch.zeros(0), target)
-    metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward,
+    metrics.update({"time/rollout_s": t_gen, "time/reward_s": t_reward, "time/reward_driver_cpu_s": cpu_reward,
                     "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
                     "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds),
                     "rollout/generated_prompts": float(len(kept_rows))})
     for k, v in parts.items():
         metrics[f"reward/{k}/mean"] = sum(v) / len(v)
-        if all(x in (0.0, 1.0) for x in v):
+        if "reward/accuracy" not in metrics and all(x in (0.0, 1.0) for x in v):   # the first 0/1 reward
             metrics["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
     for k, v in failures.items():
         metrics[f"reward_fail/{k}"] = float(v)
@@ -352,6 +354,7 @@ def train(cfg: RunConfig) -> Path:
         cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
     budget = FailureBudget(cfg.run.max_restarts)
     engines = Engines(rollouts, start_engine, cfg, shared_gpu, learners, budget, run_dir)
+    reward_pool = start_reward_pool(cfg.reward, specs, cfg.ray.placement_timeout_s)   # None: score here
     if resume_from:
         learners.load(str(resume_from))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
@@ -366,7 +369,7 @@ def train(cfg: RunConfig) -> Path:
     def run_eval(step):
         eval_temperature = cfg.rollout.eval_temperature or cfg.rollout.temperature   # null: the rollout's
         metrics = evaluate(engines.generate, tokenizer, eval_rows, specs, cfg.rollout.max_tokens,
-                           cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed)
+                           cfg.rollout.eval_n, eval_temperature, seed=cfg.run.seed, reward_pool=reward_pool)
         monitor.log(step, metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
@@ -376,7 +379,7 @@ def train(cfg: RunConfig) -> Path:
         checkpoints (the final one after the last step)."""
         t_step = time.perf_counter()
         metrics = {}
-        batch, rewards = collect(cfg, engines, tokenizer, stream, specs, step, metrics)
+        batch, rewards = collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool)
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
         else:
@@ -418,6 +421,8 @@ def train(cfg: RunConfig) -> Path:
             continue
         step += 1
         budget.step_done(step)
+    if reward_pool is not None:
+        reward_pool.close()
     bar.close()
     monitor.close()
     plot_run(run_dir)

@@ -1,14 +1,17 @@
-"""Supervised warm-up: the starting policy of the CPU RL demo, made here rather than downloaded.
+"""Supervised warm-up: the starting policy of the CPU RL demos, made here rather than downloaded.
 
     python -m deltarl.rl.warmup --out checkpoints/arithmetic-warmup
+    python -m deltarl.rl.warmup --task math_word --out checkpoints/math-warmup --steps ...
+    python -m deltarl.rl.warmup --task code_io --out checkpoints/code-warmup --steps ...
 
 A small Kimi Linear (3 KDA + 1 MLA layers, character tokenizer) learns a built-in arithmetic task
 from prompt -> answer pairs for a few minutes on 2 CPU cores, deliberately too briefly to master
 it: RL then has room to raise held-out accuracy, and because the policy already emits answers of
 the right form, sampling finds correct ones often enough to give a reward signal.
 
-The SFT target is exactly what rewards.synthetic.arithmetic_reward scores 1.0: the answer's digits
-(natural order, a leading "-" if negative) followed by <eos>. The prompt is tokenized as
+The SFT target is a response the task's reward scores 1.0, followed by <eos>: for arithmetic the
+answer's digits (natural order, a leading "-" if negative), for math_word and code_io the row's
+`solution` (a \\boxed{} answer; a fenced program). The prompt is tokenized as
 `tokenizer(prompt).input_ids` (no BOS), as the RL loop does; the loss covers only the answer and
 <eos>. Training stops after --steps optimizer steps (deterministic), or earlier at --minutes.
 
@@ -29,11 +32,14 @@ import torch
 from tqdm import tqdm
 
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config
-from deltarl.rewards import arithmetic_reward
+from deltarl.rewards import RewardSpec, compute_rewards
 from deltarl.rl.data.tasks import make_task
 from deltarl.rollout import EmbeddedEngine, SamplingParams
 
-TASK = "arithmetic"
+# The reward that scores each task in RL, and so here: its first part is 1.0 for a right response
+REWARDS = {"arithmetic": {"name": "accuracy", "fn": "arithmetic"},
+           "math_word": {"name": "math", "fn": "math", "extract": "boxed"},
+           "code_io": {"name": "code", "fn": "code", "mode": "all"}}
 # MLA head sizes: the CPU demo's, and the released model's (vLLM's MLA prefill kernels accept only these)
 MLA_DIMS = {"tiny": dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
             "released": dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)}
@@ -44,9 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (model, tokenizer, warmup_report.json)")
     # task
-    p.add_argument("--difficulty", type=int, default=2, help="operands have up to this many digits")
-    p.add_argument("--ops", default="+", help="operators to draw from (any of + - *)")
-    p.add_argument("--operands", type=int, default=2)
+    p.add_argument("--task", choices=sorted(REWARDS), default="arithmetic", help="a built-in task (rl.data.tasks)")
+    p.add_argument("--difficulty", type=int, default=2, help="arithmetic: operands have up to this many digits")
+    p.add_argument("--ops", default="+", help="arithmetic: operators to draw from (any of + - *)")
+    p.add_argument("--operands", type=int, default=2, help="arithmetic: numbers per prompt")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--eval-size", type=int, default=200)
@@ -71,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="samples per prompt for pass@k")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the pass@k samples")
     p.add_argument("--eval-every", type=int, default=100, help="greedy eval every N steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save the model every N steps to OUT/steps/step_N (0: only at the end), to pick a "
+                        "checkpoint from the accuracy curve without training again")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -79,24 +89,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def task_options(args) -> dict:
     """The make_task keyword arguments that define the task (besides n and seed)."""
-    return {"difficulty": args.difficulty, "ops": args.ops, "operands": args.operands}
+    if args.task == "arithmetic":
+        return {"difficulty": args.difficulty, "ops": args.ops, "operands": args.operands}
+    return {"difficulty": args.difficulty}
 
 
-def answer_budget(args) -> int:
-    """Tokens an answer can need: sign + digits of the largest |result| + <eos>."""
+def target_text(row) -> str:
+    """What the policy should write for `row` (before <eos>): its `solution`, else its answer."""
+    return row.get("solution", row["answer"])
+
+
+def answer_budget(args, tokenizer=None, rows=()) -> int:
+    """Tokens a response can need, <eos> included: for arithmetic sign + digits of the largest
+    |result| + 1; for the other tasks the longest target among `rows` + 1, plus 8 to spare."""
+    if args.task != "arithmetic":
+        return max(len(tokenizer(target_text(r)).input_ids) for r in rows) + 1 + 8
     biggest = (10 ** args.difficulty - 1)
     bound = biggest ** args.operands if "*" in args.ops else biggest * args.operands
     return 1 + len(str(bound)) + 1
 
 
 def eval_rows(args) -> list[dict]:
-    return make_task(TASK, args.eval_size, seed=args.eval_seed, **task_options(args))
+    return make_task(args.task, args.eval_size, seed=args.eval_seed, **task_options(args))
 
 
 def train_rows(args, n: int, exclude: set[str]) -> list[dict]:
     """Up to n training rows from the train seed, none of whose prompts is in the held-out set
     (2-digit addition has only 10,000 prompts, so the two seeds alone would overlap)."""
-    rows = make_task(TASK, n + 2 * len(exclude) + 100, seed=args.train_seed, **task_options(args))
+    rows = make_task(args.task, n + 2 * len(exclude) + 100, seed=args.train_seed, **task_options(args))
     kept = [r for r in rows if r["prompt"] not in exclude]
     return kept[:n]
 
@@ -104,7 +124,7 @@ def train_rows(args, n: int, exclude: set[str]) -> list[dict]:
 def encode(tokenizer, row) -> tuple[list[int], list[int]]:
     """Token ids of prompt + answer + <eos>, and labels: -100 on the prompt, the ids elsewhere."""
     prompt = tokenizer(row["prompt"]).input_ids
-    target = tokenizer(row["answer"]).input_ids + [tokenizer.eos_token_id]
+    target = tokenizer(target_text(row)).input_ids + [tokenizer.eos_token_id]
     return prompt + target, [-100] * len(prompt) + target
 
 
@@ -142,34 +162,35 @@ def lr_at(step: int, args) -> float:
 
 @torch.no_grad()
 def evaluate(net, tokenizer, rows, max_tokens: int, n: int = 1, temperature: float = 0.0,
-             seed: int = 0) -> dict:
-    """Score n completions per prompt with arithmetic_reward: accuracy (mean over all samples),
+             seed: int = 0, task: str = "arithmetic") -> dict:
+    """Score n completions per prompt with the task's reward (REWARDS): accuracy (mean over all samples),
     pass@n (a prompt counts if any sample is right) and `mixed`, the fraction of prompts whose
     samples are neither all right nor all wrong (those give GRPO a non-zero advantage)."""
     engine = EmbeddedEngine(net, tokenizer, max_batch_size=max(64, n))
     params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
     out = engine.generate([tokenizer(r["prompt"]).input_ids for r in rows], params)
+    spec = RewardSpec.from_config(REWARDS[task])
+    scores = compute_rewards([rows[c.prompt_index]["prompt"] for c in out], [c.text for c in out],
+                             [rows[c.prompt_index] for c in out], [spec]).parts[spec.name]
     right = [[0] * n for _ in rows]
-    for c in out:
-        row = rows[c.prompt_index]
-        right[c.prompt_index][c.sample_index] = arithmetic_reward(row["prompt"], c.text, row["answer"]) == 1.0
+    for c, score in zip(out, scores):
+        right[c.prompt_index][c.sample_index] = score == 1.0
     net.train()                                  # the engine put it in eval mode
     per_prompt = [sum(r) for r in right]
     return {"accuracy": sum(per_prompt) / (n * len(rows)),
             f"pass@{n}": sum(k > 0 for k in per_prompt) / len(rows),
             "mixed": sum(0 < k < n for k in per_prompt) / len(rows),
             "examples": [{"prompt": rows[c.prompt_index]["prompt"], "response": c.text,
-                          "answer": rows[c.prompt_index]["answer"]} for c in out[: 5 * n: n]]}
+                          "answer": target_text(rows[c.prompt_index])} for c in out[: 5 * n: n]]}
 
 
 # --- training -----------------------------------------------------------------------------------
 
-def train(net, tokenizer, args, rows, evals) -> dict:
+def train(net, tokenizer, args, rows, evals, budget: int) -> dict:
     """AdamW on random batches of the training rows; returns the loss/eval history and timing."""
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(args.seed)
     examples = [encode(tokenizer, r) for r in rows]
-    budget = answer_budget(args)
     history, losses, start = [], [], time.perf_counter()
     net.train()
     bar = tqdm(range(args.steps), desc="warm-up", unit="step")
@@ -188,10 +209,13 @@ def train(net, tokenizer, args, rows, evals) -> dict:
         done = step + 1
         out_of_time = args.minutes is not None and time.perf_counter() - start > 60 * args.minutes
         if (args.eval_every and done % args.eval_every == 0 and done < args.steps) or out_of_time:
-            acc = evaluate(net, tokenizer, evals, budget)["accuracy"]
+            acc = evaluate(net, tokenizer, evals, budget, task=args.task)["accuracy"]
             history.append({"step": done, "loss": sum(losses[-20:]) / len(losses[-20:]), "greedy_accuracy": acc,
                             "seconds": round(time.perf_counter() - start, 1)})
             tqdm.write(f"step {done}: loss {history[-1]['loss']:.3f}, held-out greedy accuracy {acc:.1%}")
+        if args.save_every and done % args.save_every == 0 and done < args.steps:
+            net.save_pretrained(Path(args.out) / "steps" / f"step_{done}")
+            tokenizer.save_pretrained(Path(args.out) / "steps" / f"step_{done}")
         if out_of_time:
             tqdm.write(f"stopping at step {done}: the {args.minutes}-minute budget is spent")
             break
@@ -201,18 +225,23 @@ def train(net, tokenizer, args, rows, evals) -> dict:
 
 
 def rl_config(args, out: Path, budget: int) -> dict:
-    """What configs/tiny_cpu.yaml needs to start RL from this checkpoint on the same task."""
+    """What the RL config (configs/tiny_cpu.yaml, math_cpu.yaml, code_cpu.yaml) needs to start RL from this
+    checkpoint on the same task."""
+    options = {k: v for k, v in task_options(args).items() if k != "difficulty"}
+    shown = "".join(f", {k}={v!r}" for k, v in options.items())
+    formats = {"arithmetic": "answer digits in natural order (leading '-' if negative), then <eos>",
+               "math_word": "\\boxed{answer} in one of the row's equivalent forms, then <eos>",
+               "code_io": "a ```python fenced program reading a, b from stdin, then <eos>"}
     return {
         "model.path": str(out), "tokenizer": str(out),
-        "data.task": TASK, "data.difficulty": args.difficulty,
-        "data.task_options": {"ops": args.ops, "operands": args.operands},
+        "data.task": args.task, "data.difficulty": args.difficulty, "data.task_options": options,
         "data.eval_size": args.eval_size, "eval_seed": args.eval_seed,
-        "eval_rows": f"make_task({TASK!r}, {args.eval_size}, seed={args.eval_seed}, difficulty={args.difficulty}, "
-                     f"ops={args.ops!r}, operands={args.operands})",
+        "eval_rows": f"make_task({args.task!r}, {args.eval_size}, seed={args.eval_seed}, "
+                     f"difficulty={args.difficulty}{shown})",
         "rollout.max_tokens": budget,
-        "reward.functions": [{"name": "accuracy", "fn": "arithmetic"}],
+        "reward.functions": [REWARDS[args.task]],
         "prompt_tokens": "tokenizer(prompt).input_ids (no BOS, no chat template)",
-        "response_format": "answer digits in natural order (leading '-' if negative), then <eos>",
+        "response_format": formats[args.task],
     }
 
 
@@ -226,14 +255,14 @@ def main(argv=None):
     evals = eval_rows(args)
     rows = train_rows(args, 20_000, exclude={r["prompt"] for r in evals})
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters; task {TASK} {task_options(args)}; {len(rows)} training rows, "
+    print(f"{n_params / 1e6:.2f}M parameters; task {args.task} {task_options(args)}; {len(rows)} training rows, "
           f"{len(evals)} held-out (seed {args.eval_seed}, excluded from training)")
 
-    result = train(net, tokenizer, args, rows, evals)
-    budget = answer_budget(args)
-    greedy = evaluate(net, tokenizer, evals, budget)
+    budget = answer_budget(args, tokenizer, rows + evals)
+    result = train(net, tokenizer, args, rows, evals, budget)
+    greedy = evaluate(net, tokenizer, evals, budget, task=args.task)
     sampled = evaluate(net, tokenizer, evals, budget, n=args.samples, temperature=args.temperature,
-                       seed=args.seed)
+                       seed=args.seed, task=args.task)
     wall = time.perf_counter() - start
 
     net.save_pretrained(out)

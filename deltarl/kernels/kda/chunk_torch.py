@@ -23,6 +23,7 @@ import torch
 from .common import accum_dtype, check_shapes, padded_index, prepare_inputs, to_padded
 
 CHUNK_SIZE = 64
+CPU_CHUNK_SIZE = 16     # on a CPU the [C, C, K] block dominates: 16 trains 64 x 70-token batches 5-8x faster
 
 
 def _pad_to_chunks(x, chunk_size):
@@ -99,8 +100,8 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
                     A_log=None, dt_bias=None, chunk_size=None):
     """Chunkwise KDA (chunk_kda contract) in PyTorch; differentiable in every input.
 
-    chunk_size defaults to 64, or to the longest sequence's length when all are shorter: the result
-    is the same, and short RL responses do not pay for 64-token chunks. Packed sequences
+    chunk_size defaults to 64 (16 for CPU tensors), or to the longest sequence's length when all are
+    shorter: the result is the same, and short RL responses do not pay for 64-token chunks. Packed sequences
     (cu_seqlens) are gathered into a padded batch by index and scattered back the same way.
     """
     check_shapes(q, k, v, g, beta, initial_state, cu_seqlens)
@@ -112,7 +113,7 @@ def chunk_kda_torch(q, k, v, g, beta, scale=None, initial_state=None, output_fin
 
     max_len = T if cu_seqlens is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     if chunk_size is None:
-        chunk_size = min(CHUNK_SIZE, max(max_len, 1))
+        chunk_size = min(CHUNK_SIZE if q.is_cuda else CPU_CHUNK_SIZE, max(max_len, 1))
     if cu_seqlens is not None:
         width = -(-max(max_len, 1) // chunk_size) * chunk_size
         index, valid = padded_index(cu_seqlens, width)

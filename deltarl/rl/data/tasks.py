@@ -6,6 +6,10 @@ form, which the matching reward in rewards.synthetic reads:
   arithmetic   "12+345="              -> "357"       reward "arithmetic" (field: answer)
   countdown    "make 46 from 3 7 25:" -> "25+3*7"    reward "countdown" (fields: numbers,
                target; any expression using each number once is right, `answer` is one of them)
+  math_word    "Bo buys 4 bags of 6 cards. ..."  -> "\\boxed{24}"   reward "math" (field: answer; see
+               rl.data.math_word: integers, fractions, decimals, percents, units)
+  code_io      "Read a and b. Print a minus b."  -> a program  reward "code" (field: tests; see
+               rl.data.code_io: hidden stdin/stdout tests run in the sandbox)
 
 Difficulty: arithmetic operands have up to `difficulty` digits (`operands`, default 2, sets how
 many; `ops` which of + - *); Countdown uses `difficulty + 2` numbers up to 10 x difficulty and
@@ -15,6 +19,9 @@ deterministic in (seed, difficulty, options), and the first k rows of n >= k are
 from __future__ import annotations
 
 import random
+
+from .code_io import code_io
+from .math_word import math_word
 
 
 def _eval_left_to_right_with_precedence(numbers: list[int], ops: list[str]) -> int:
@@ -106,11 +113,11 @@ def countdown(n: int, seed: int = 0, difficulty: int = 1, *, count: int | None =
     return rows
 
 
-TASKS = {"arithmetic": arithmetic, "countdown": countdown}
+TASKS = {"arithmetic": arithmetic, "countdown": countdown, "math_word": math_word, "code_io": code_io}
 
 
 def make_task(name: str, n: int, seed: int = 0, difficulty: int = 1, **options) -> list[dict]:
-    """Rows of the built-in task `name` ("arithmetic" or "countdown")."""
+    """Rows of the built-in task `name` (a key of TASKS)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
     return TASKS[name](n, seed=seed, difficulty=difficulty, **options)
