@@ -3,7 +3,8 @@ ends with the same policy, bit for bit, as the same run left alone. And an actor
 the run with a message naming it.
 
 The killer is a thread of this test: it finds the run's actor processes among the descendants of the
-driver by their Ray process titles (`ray::RolloutWorker...`, `ray::LearnerWorker...`) and kills them
+driver by their Ray process titles (`ray::RolloutWorker...`, `ray::LearnerWorker...`,
+`ray::RewardWorker...`) and kills them
 at times drawn from a printed seed."""
 import json
 import os
@@ -22,7 +23,7 @@ from tests.test_rl_loop import ROOT, metrics_by_step, policy_tensors, run_dir_of
 
 CHAOS = ["run.steps=30", "run.save_every=4", "run.eval_every=0", "run.progress_bar=false", "run.max_restarts=10",
          "rollout.n=4", "rollout.prompts_per_step=4", "rollout.max_tokens=6", "data.train_size=256",
-         "data.eval_size=8", "learner.micro_batch_tokens=256", "learner.num_workers=2", "ray.num_cpus=4"]
+         "data.eval_size=8", "learner.micro_batch_tokens=256", "learner.num_workers=2", "reward.num_workers=1", "ray.num_cpus=4"]
 
 
 def actor_pids(root_pid: int, actor: str) -> list[int]:
@@ -108,12 +109,12 @@ def test_a_run_survives_its_actors_being_killed(tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     whole_dir = run_dir_of(whole.stdout)
 
-    plan = ["RolloutWorker", "LearnerWorker", "RolloutWorker", "LearnerWorker"]
+    plan = ["RolloutWorker", "LearnerWorker", "RewardWorker", "RolloutWorker", "LearnerWorker", "RewardWorker"]
     random.Random(seed).shuffle(plan)
     code, log, kills = run_with_killer(CHAOS, tmp_path / "chaos", plan, seed)
     print("kills:", kills)
     assert code == 0, log[-4000:]
-    assert {actor for actor, _ in kills} == {"RolloutWorker", "LearnerWorker"}, f"the run ended before the kills: {kills}"
+    assert {actor for actor, _ in kills} == set(plan), f"the run ended before the kills: {kills}"
     run_dir = next((tmp_path / "chaos").glob("*/metrics.jsonl")).parent
 
     records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
@@ -133,7 +134,7 @@ def test_a_run_survives_its_actors_being_killed(tmp_path):
 def test_an_engine_that_keeps_dying_stops_the_run_naming_it(tmp_path):
     """run.max_restarts=2: the rollout engine killed every time it comes back; the third failure in a
     row ends the run with a message naming the engine and the cause."""
-    args = [*CHAOS, "run.steps=200", "run.max_restarts=2", "learner.num_workers=1"]
+    args = [*CHAOS, "run.steps=200", "run.max_restarts=2", "learner.num_workers=1", "reward.num_workers=0"]
     code, log, kills = run_with_killer(args, tmp_path / "doomed", ["RolloutWorker"] * 8, seed=0,
                                        timeout_s=600, gap_s=(0.0, 0.1), wait_for_progress=False)
     print("kills:", kills)

@@ -2,6 +2,7 @@
 checkpoints, resume after kill -9, failing reward functions, bad configs."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def run_rl(args, timeout=600, **popen):
 
 
 def run_dir_of(output: str) -> Path:
-    return Path(output.strip().splitlines()[-1].split("run directory: ")[-1])
+    """The run directory run_rl.py printed (Ray's workers may print after it)."""
+    return Path(re.findall(r"^run directory: (.+)$", output, re.M)[-1])
 
 
 def metrics_by_step(run_dir: Path) -> dict[int, dict]:
