@@ -1,6 +1,5 @@
 """MoBA attention (deltarl.kernels.moba) against its definition: the float64 reference that lists each
 query's visible keys, dense causal attention when top_k covers every block, the FlexAttention path."""
-import os
 
 import pytest
 import torch
@@ -11,13 +10,7 @@ from deltarl.kernels.moba import (dense_attend, flex_moba_attention, moba_attent
 from deltarl.kernels.moba.flex import TILE
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    """Fresh inputs per test from one printed seed; MOBA_TEST_SEED=<seed> reruns a failure."""
-    env = os.environ.get("MOBA_TEST_SEED")
-    value = int(env) if env else int.from_bytes(os.urandom(4), "little")
-    print(f"MOBA_TEST_SEED={value}")
-    torch.manual_seed(value)
+pytestmark = pytest.mark.usefixtures("moba_seed")      # tests/conftest.py: a printed seed per test
 
 
 def packed_inputs(lengths, H=2, Dk=12, Dv=8, dtype=torch.float64):

@@ -12,13 +12,7 @@ from deltarl.rollout import EmbeddedEngine, SamplingParams
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "config_moba_off.json")
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    """Fresh weights and inputs per test from one printed seed; MOBA_TEST_SEED=<seed> reruns a failure."""
-    env = os.environ.get("MOBA_TEST_SEED")
-    value = int(env) if env else int.from_bytes(os.urandom(4), "little")
-    print(f"MOBA_TEST_SEED={value}")
-    torch.manual_seed(value)
+pytestmark = pytest.mark.usefixtures("moba_seed")      # tests/conftest.py: a printed seed per test
 
 
 def moba_model(block_size=8, top_k=2, moba_layers=(2, 4), kda_every=2, dtype=torch.float64, **overrides):

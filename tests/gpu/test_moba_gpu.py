@@ -5,24 +5,16 @@ The CPU tests check both ways through `dense_attend`, never the compiled kernels
 max |flex - masked| / max |masked| of o, dq, dk, dv: < 2e-3 in float32, < 5e-2 in bf16 (both paths
 round; a wrong tile or pick is an O(1) error). Fresh random inputs each run. Skipped without CUDA.
 """
-import os
-
 import pytest
 import torch
 
 from deltarl.kernels.moba import flex_moba_attention, padded_moba_attention
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
 TOL = {torch.float32: 2e-3, torch.bfloat16: 5e-2}
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    env = os.environ.get("MOBA_TEST_SEED")
-    value = int(env) if env else int.from_bytes(os.urandom(4), "little")
-    print(f"MOBA_TEST_SEED={value}")
-    torch.manual_seed(value)
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+              pytest.mark.usefixtures("moba_seed")]      # tests/conftest.py: a printed seed per test
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
