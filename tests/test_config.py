@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from deltarl.rl import algorithms
-from deltarl.rl.config import (ADVANTAGES, BUILTIN_REWARDS, KL_ESTIMATORS, LOSS_AGGREGATIONS, ConfigError,
-                       RewardFunction, RunConfig, config_to_dict, load_config, save_config)
+from deltarl.rl.config import (ADVANTAGES, BUILTIN_REWARDS, IS_CORRECTIONS, KL_ESTIMATORS, LOSS_AGGREGATIONS,
+                               ConfigError, RewardFunction, RunConfig, config_to_dict, load_config, save_config)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +96,7 @@ def test_algorithm_choices_exist_in_rl_algorithms():
     assert set(ADVANTAGES) <= set(algorithms.ESTIMATORS)
     assert set(LOSS_AGGREGATIONS) <= set(algorithms.AGGREGATIONS)
     assert set(KL_ESTIMATORS) <= set(algorithms.KL_ESTIMATORS)
+    assert set(IS_CORRECTIONS) == set(algorithms.IS_CORRECTIONS)
 
 
 def _leaves(cls, prefix=""):

@@ -42,6 +42,15 @@ def save_trainer_state(folder: Path, step: int, position: int):
     (folder / "trainer_state.json").write_text(json.dumps(state))
 
 
+def save_rollout_queue(folder: Path, state: dict):
+    """The asynchronous rollout queue's state (rl.rollout_queue: groups, paused sequences, counters)."""
+    torch.save(state, folder / "rollout_queue.pt")
+
+
+def load_rollout_queue(folder: Path) -> dict:
+    return torch.load(folder / "rollout_queue.pt", weights_only=False)
+
+
 def mark_latest(run_dir: Path, folder: Path):
     """Point `latest` at a fully written checkpoint (written last, atomically)."""
     tmp = run_dir / "checkpoints" / (LATEST + ".tmp")

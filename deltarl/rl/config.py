@@ -45,6 +45,9 @@ OFFLOADS = ("none", "optimizer", "optimizer_and_params")
 PLACEMENTS = ("colocated", "split")
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")    # Ray's placement group strategies
 WEIGHT_SYNCS = ("auto", "object_store", "broadcast", "ipc")
+IS_CORRECTIONS = ("tis", "mask_token", "mask_sequence", "none")     # rl.algorithms.off_policy's
+PROXIMALS = ("learner", "rollout")
+STALE_SAMPLES = ("correct", "drop")
 BUILTIN_TOKENIZERS = ("builtin:char",)
 # Mirrors rewards.api.BUILTINS (tests/test_config.py checks that they agree); not imported because
 # importing rewards pulls in math-verify and sympy, which would make a config check slow.
@@ -127,6 +130,9 @@ class RolloutSection:
     weight_sync_bucket_mb: float = 512   # broadcast: bucket size in MiB
     eval_temperature: float | None = None   # temperature of the pass@k samples; null: rollout.temperature
     eval_n: int = 4             # samples per eval prompt, for pass@k
+    partial: bool = False       # partial rollouts: a sequence pauses after partial_tokens and resumes next round
+    partial_tokens: int | None = None   # tokens a sequence decodes per round with partial; null: max_tokens // 4
+    gpus_per_worker: float | None = None   # GPUs of each engine; None: 1 where the cluster has GPUs, 0 on the CPU
 
 
 @dataclass
@@ -174,7 +180,11 @@ class AlgorithmSection:
     dynamic_sampling: bool = False
     overlong_buffer: int = 0    # tokens before max_tokens where the soft length penalty starts
     overlong_penalty: float = 1.0
-    tis_cap: float | None = 2.0
+    tis_cap: float | None = 2.0   # C, the importance-ratio bound of is_correction; null: no correction
+    is_correction: str = "tis"  # tis: min(r, C); mask_token / mask_sequence: r, 0 outside [1/C, C]; none
+    proximal: str = "learner"   # learner: decoupled PPO (clip around the learner's logprobs); rollout: coupled
+    max_staleness: int = 0      # rollouts generated up to this many weight versions ahead of training (0: sync)
+    stale_samples: str = "correct"   # groups older than max_staleness (partial rollouts): correct (keep) or drop
     ppo_epochs: int = 1
     mini_batches: int = 1
 
@@ -193,7 +203,7 @@ class LearnerSection:
     offload: str = "none"       # none | optimizer | optimizer_and_params (ZeRO-3): DeepSpeed's host offload
     threads: int | None = None  # torch CPU threads of a learner actor; None: Ray's (the actor's num_cpus)
     num_workers: int = 1        # data-parallel learner ranks (Ray actors, one DeepSpeed rank each)
-    gpus_per_worker: int | None = None   # GPUs of each rank; None: 1 where the cluster has GPUs, 0 on the CPU
+    gpus_per_worker: float | None = None   # GPUs of each rank; None: 1 where the cluster has GPUs, 0 on the CPU
 
 
 @dataclass
@@ -580,6 +590,8 @@ def _check_rollout(r: RolloutSection, c: _Checker):
     c.above("rollout.weight_sync_bucket_mb", r.weight_sync_bucket_mb, 0)
     c.above("rollout.eval_temperature", r.eval_temperature, 0)
     c.at_least("rollout.eval_n", r.eval_n, 1)
+    c.at_least("rollout.partial_tokens", r.partial_tokens, 1)
+    c.at_least("rollout.gpus_per_worker", r.gpus_per_worker, 0)
 
 
 def _check_reward(r: RewardSection, c: _Checker):
@@ -622,6 +634,10 @@ def _check_algorithm(a: AlgorithmSection, c: _Checker):
     c.at_least("algorithm.overlong_buffer", a.overlong_buffer, 0)
     c.at_least("algorithm.overlong_penalty", a.overlong_penalty, 0)
     c.at_least("algorithm.tis_cap", a.tis_cap, 1)
+    c.one_of("algorithm.is_correction", a.is_correction, IS_CORRECTIONS)
+    c.one_of("algorithm.proximal", a.proximal, PROXIMALS)
+    c.at_least("algorithm.max_staleness", a.max_staleness, 0)
+    c.one_of("algorithm.stale_samples", a.stale_samples, STALE_SAMPLES)
     c.at_least("algorithm.ppo_epochs", a.ppo_epochs, 1)
     c.at_least("algorithm.mini_batches", a.mini_batches, 1)
 
@@ -705,6 +721,16 @@ def _check_together(cfg: RunConfig, c: _Checker):
                                              "a response fits in one micro-batch")
     if d.task is not None and r.prompts_per_step > d.train_size:
         c.fail("rollout.prompts_per_step", f"must be <= data.train_size ({d.train_size})")
+    if r.partial and r.partial_tokens is not None and r.partial_tokens >= r.max_tokens:
+        c.fail("rollout.partial_tokens", f"must be < rollout.max_tokens ({r.max_tokens}) with rollout.partial=true "
+                                         "(a sequence pauses after partial_tokens; null: max_tokens // 4)")
+    if r.partial and r.max_tokens < 2:
+        c.fail("rollout.partial", "needs rollout.max_tokens >= 2 (a sequence pauses midway)")
+    if a.is_correction in ("mask_token", "mask_sequence") and a.tis_cap is None:
+        c.fail("algorithm.tis_cap", f"must be set (the bound C) with algorithm.is_correction={a.is_correction!r}")
+    if (a.max_staleness > 0 or r.partial) and a.dynamic_sampling:
+        c.fail("algorithm.dynamic_sampling", "is not supported by the asynchronous rollout queue "
+                                             "(algorithm.max_staleness > 0 or rollout.partial=true) yet: turn one off")
     if r.engine == "vllm" and _uses_moba(cfg.model):
         c.fail("rollout.engine", "vllm does not serve MoBA attention (the model's moba_config); a MoBA "
                                  "model's rollouts use rollout.engine=embedded")

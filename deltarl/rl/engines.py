@@ -33,6 +33,7 @@ class Engines:
     learners: object                    # the LearnerGroup (replaced after a learner restart)
     budget: FailureBudget
     run_dir: Path
+    version: int = 0                    # the policy version the engines hold: learner steps taken
     weight_group: tuple | None = field(default=None, init=False)   # open_weight_group's, for `broadcast`
 
     def __post_init__(self):
@@ -43,22 +44,41 @@ class Engines:
         """Completions for every prompt: the prompts split into contiguous shards, one per engine (shard i
         sampled with seed + i), returned ordered by prompt, then sample, as one engine would. A shard whose
         engine dies is redone by its replacement with the same seed."""
-        import ray
+        return self.wait(self.submit(prompt_ids, params))[0]
+
+    def submit(self, prompt_ids: list, params) -> "Pending":
+        """Start `generate` without waiting: each engine queues the call behind those it already holds
+        (a weight sync submitted later runs after it), so the shards are sampled by policy `version`."""
         shards = [(i, s) for i, s in enumerate(_contiguous(len(prompt_ids), len(self.actors))) if len(s)]
-        seeded = lambda i: params if params.seed is None else replace(params, seed=params.seed + i)  # noqa: E731
-        submit = lambda i, s: self.actors[i].generate.remote([prompt_ids[j] for j in s], seeded(i))  # noqa: E731
-        refs = [submit(i, s) for i, s in shards]
-        out = []
-        for (i, shard), ref in zip(shards, refs):
+        pending = Pending(prompt_ids, params, [])
+        for i, s in shards:
+            pending.shards.append(self._submit_shard(pending, i, s))
+        return pending
+
+    def wait(self, pending: "Pending") -> tuple[list, list[int]]:
+        """(completions ordered by prompt then sample, the policy version that sampled each) of a
+        `submit`. A shard whose engine died is redone by its replacement with the same seed (and the
+        current weights, so its version is the current one)."""
+        import ray
+        out, versions = [], []
+        for k, (i, shard, actor, ref, version) in enumerate(pending.shards):
             while True:
                 try:
                     completions = ray.get(ref)
                     break
                 except engine_died() as error:
-                    self.replace(i, error)
-                    ref = submit(i, shard)
+                    if self.actors[i] is actor:       # (a call queued behind the failed one finds it replaced)
+                        self.replace(i, error)
+                    i, shard, actor, ref, version = pending.shards[k] = self._submit_shard(pending, i, shard)
             out += [replace(c, prompt_index=c.prompt_index + shard.start) for c in completions]
-        return out
+            versions += [version] * len(completions)
+        return out, versions
+
+    def _submit_shard(self, pending: "Pending", i: int, shard: range) -> tuple:
+        params = pending.params if pending.params.seed is None else replace(pending.params,
+                                                                             seed=pending.params.seed + i)
+        actor = self.actors[i]
+        return i, shard, actor, actor.generate.remote([pending.prompt_ids[j] for j in shard], params), self.version
 
     def sleep(self):
         """Every engine frees its device for the learner (colocated vLLM)."""
@@ -67,13 +87,16 @@ class Engines:
     def wake_up(self):
         self._each("wake_up")
 
-    def sync(self, only: list | None = None):
-        """The learner's current weights into every engine (or those in `only`), replacing any that die."""
+    def sync(self, only: list | None = None, version: int | None = None):
+        """The learner's current weights (policy `version`, when given) into every engine (or those in
+        `only`), replacing any that die."""
         import ray
         if only is not None and weight_sync_mode(self.cfg, self.shared_gpu) == "broadcast":
             # the group spans every engine and the dead one's place in it is gone: a new group, everyone
             self.weight_group, only = open_weight_group(self.cfg, ray, self.actors, self.shared_gpu), None
         results = sync_weights(self.cfg, ray, self.actors, self.learners, self.shared_gpu, self.weight_group, only)
+        if version is not None:
+            self.version = version
         for i, result in results.items():
             if isinstance(result, BaseException):
                 self.replace(i, result)
@@ -103,6 +126,15 @@ class Engines:
                 except engine_died() as error:
                     self.replace(i, error)
                     ref = getattr(self.actors[i], method).remote()
+
+
+@dataclass
+class Pending:
+    """A generate call in flight: per shard (engine index, its prompt range, the actor asked, the
+    result's ObjectRef, the policy version that actor holds for it)."""
+    prompt_ids: list
+    params: object
+    shards: list
 
 
 def _contiguous(n, parts):

@@ -86,7 +86,7 @@ class Learner:
         """One RL step: `algorithm.ppo_epochs` passes over the batch, each split into
         `algorithm.mini_batches` optimizer steps. With a single update the old logprobs are the current
         policy's (the ratio starts at 1); with more, they are computed once before the first update.
-        The rollout engine's logprobs feed truncated importance sampling.
+        The rollout engine's logprobs feed the off-policy correction (algorithm.is_correction).
 
         In a learner group (data-parallel ranks) every rank gets the whole batch and trains on the
         samples `assign_ranks` gives it for the whole step; the mini-batch order is the same on every
@@ -171,9 +171,12 @@ class Learner:
         mask, adv = micro.mask[:, :T].to(device), micro.advantages[:, :T].to(device)
         rollout_lp = micro.rollout_logprobs[:, :T].to(device)
         old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs[:, :T].to(device)
+        tis_cap = algo.tis_cap
+        if algo.proximal == "rollout":     # coupled PPO: clip around the behaviour policy, no separate IS weight
+            old, tis_cap = rollout_lp, None
         loss, stats = policy_loss(logp, old, adv, mask, clip_low=algo.clip_low, clip_high=algo.clip_high,
-                                  aggregation=agg, rollout_logprobs=rollout_lp, tis_cap=algo.tis_cap,
-                                  denominator=denominator)
+                                  aggregation=agg, rollout_logprobs=rollout_lp, tis_cap=tis_cap,
+                                  denominator=denominator, is_correction=algo.is_correction)
         stats["entropy"] = masked_mean(entropy.detach(), mask)
         if algo.entropy_coef:
             loss = loss - algo.entropy_coef * entropy_bonus(entropy, mask, agg, denominator=denominator)
@@ -338,7 +341,7 @@ class Learner:
 
 _DS_TAG = "learner"
 _SUMMED_STATS = ("pg_loss", "kl")       # parts of the step's loss: the step's value is their sum
-_MAX_STATS = ("ratio_max",)
+_MAX_STATS = ("ratio_max", "rollout_probs_diff_max")
 MAX_METRICS = tuple(f"actor/{k}" for k in _MAX_STATS)     # a step's (and a group's) value is the largest
 SAME_METRICS = ("actor/grad_norm", "actor/lr", "actor/updates", "actor/micro_batches")  # equal on all ranks
 

@@ -181,3 +181,16 @@ def score_batch(pool: RewardWorkerPool | None, prompts, responses, rows, specs) 
     if pool is None:
         return compute_rewards(prompts, responses, rows, specs)
     return pool.score(prompts, responses, rows)
+
+
+def reward_metrics(parts: dict[str, list[float]], failures: dict[str, int]) -> dict:
+    """A step's reward metrics: the mean of every reward term, `reward/accuracy` from the first term
+    that scores 0/1, and the failure counts."""
+    from deltarl.rl.evaluate import accuracy_from_scores
+    out = {}
+    for k, v in parts.items():
+        out[f"reward/{k}/mean"] = sum(v) / len(v)
+        if "reward/accuracy" not in out and all(x in (0.0, 1.0) for x in v):
+            out["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
+    out.update({f"reward_fail/{k}": float(v) for k, v in failures.items()})
+    return out

@@ -18,14 +18,15 @@ from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, 
                                    overlong_shaping)
 from deltarl.rl.config import RunConfig, config_to_dict, save_config
 from deltarl.rl.data import load_prompt_dataset, make_task
-from deltarl.rl.evaluate import accuracy_from_scores, evaluate
+from deltarl.rl.evaluate import evaluate
 from deltarl.rl.monitor import Monitor, plot_run, progress
 from deltarl.rollout import SamplingParams
 
 from . import checkpoint as ckpt
 from .engines import Engines
 from .recovery import FailureBudget, describe, log_event
-from .reward_workers import score_batch, start_reward_pool
+from .reward_workers import reward_metrics, score_batch, start_reward_pool
+from .rollout_queue import RolloutQueue
 from .samples import batch_from_completions, concat_batches
 
 
@@ -134,12 +135,15 @@ class Placement:
 
 
 def plan_placement(cfg: RunConfig, gpus: bool) -> Placement:
-    """Bundles sized from the config. `gpus`: the cluster has GPUs (engines take one each; a learner rank
-    `learner.gpus_per_worker`, by default 1 there and 0 on the CPU). Colocated: bundle i holds engine i
-    and learner rank i where both exist, sharing its GPU; split: a bundle per engine, then one per rank."""
+    """Bundles sized from the config. `gpus`: the cluster has GPUs (an engine takes
+    `rollout.gpus_per_worker` and a learner rank `learner.gpus_per_worker`, by default 1 there and 0 on
+    the CPU). Colocated: bundle i holds engine i and learner rank i where both exist, sharing its GPU;
+    split: a bundle per engine, then one per rank (fractions, e.g. 0.5 each, put an engine and a rank in
+    separate processes on one GPU, running at the same time)."""
     engines, ranks = cfg.rollout.num_workers, cfg.learner.num_workers
-    engine_gpu = 1 if gpus else 0
-    rank_gpu = cfg.learner.gpus_per_worker if cfg.learner.gpus_per_worker is not None else engine_gpu
+    default_gpu = 1 if gpus else 0
+    engine_gpu = cfg.rollout.gpus_per_worker if cfg.rollout.gpus_per_worker is not None else default_gpu
+    rank_gpu = cfg.learner.gpus_per_worker if cfg.learner.gpus_per_worker is not None else default_gpu
     bundle = lambda cpus, gpu: {"CPU": cpus, **({"GPU": gpu} if gpu else {})}    # noqa: E731
     if cfg.ray.placement == "split":
         return Placement([bundle(1, engine_gpu)] * engines + [bundle(1, rank_gpu)] * ranks, list(range(engines)),
@@ -293,12 +297,7 @@ def collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool=N
                     "perf/rollout_tokens_per_s": tokens / max(t_gen, 1e-9),
                     "rollout/dropped_groups": float(dropped), "rollout/rounds": float(rounds),
                     "rollout/generated_prompts": float(len(kept_rows))})
-    for k, v in parts.items():
-        metrics[f"reward/{k}/mean"] = sum(v) / len(v)
-        if "reward/accuracy" not in metrics and all(x in (0.0, 1.0) for x in v):   # the first 0/1 reward
-            metrics["reward/accuracy"] = sum(accuracy_from_scores(v)) / len(v)
-    for k, v in failures.items():
-        metrics[f"reward_fail/{k}"] = float(v)
+    metrics.update(reward_metrics(parts, failures))
     return batch, rewards
 
 
@@ -353,11 +352,12 @@ def train(cfg: RunConfig) -> Path:
     rollouts, learners, shared_gpu, start_engine, start_learners = start_actors(
         cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
     budget = FailureBudget(cfg.run.max_restarts)
-    engines = Engines(rollouts, start_engine, cfg, shared_gpu, learners, budget, run_dir)
+    engines = Engines(rollouts, start_engine, cfg, shared_gpu, learners, budget, run_dir, version=state["step"])
     reward_pool = start_reward_pool(cfg.reward, specs, cfg.ray.placement_timeout_s)   # None: score here
     if resume_from:
         learners.load(str(resume_from))
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
+    queue = rollout_queue(cfg, engines, tokenizer, stream, specs, reward_pool, resume_from)
     monitor = Monitor(run_dir, cfg.run.log, cfg.run.name, config_to_dict(cfg))
     if resume_from:
         monitor.rewind(state["step"])
@@ -379,17 +379,22 @@ def train(cfg: RunConfig) -> Path:
         checkpoints (the final one after the last step)."""
         t_step = time.perf_counter()
         metrics = {}
-        batch, rewards = collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool)
+        if queue is None:
+            batch, rewards = collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool)
+        else:       # rounds for steps up to step + max_staleness in flight, then this step's groups
+            queue.fill(step + cfg.algorithm.max_staleness)
+            batch, rewards = queue.take(step, metrics)
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
         else:
-            metrics.update(learn(cfg, engines, batch, rewards))
+            metrics.update(learn(cfg, engines, batch, rewards, step))
             lengths = batch.mask.sum(1)
             metrics.update({"reward/mean": rewards.mean().item(),
                             "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
                             "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
                             "response/truncated_frac": batch.truncated.float().mean().item(),
                             "data/position": float(stream.position), "time/step_s": time.perf_counter() - t_step})
+            metrics["perf/samples_per_s"] = batch.size / metrics["time/step_s"]
             monitor.log(step, metrics)
             bar.update(metrics)
             if cfg.run.eval_every and step % cfg.run.eval_every == 0:
@@ -399,7 +404,7 @@ def train(cfg: RunConfig) -> Path:
             engines.learners.save(str(final))
             tokenizer.save_pretrained(final / "policy")
         if (cfg.run.save_every and step % cfg.run.save_every == 0) or _Stop.requested or step == cfg.run.steps:
-            save_checkpoint(engines.learners, tokenizer, run_dir, step, stream.position)
+            save_checkpoint(engines.learners, tokenizer, run_dir, step, stream.position, queue)
 
     if state["step"] == 0 and cfg.run.eval_every:
         run_eval(0)
@@ -418,6 +423,7 @@ def train(cfg: RunConfig) -> Path:
                 except LearnerGroupError as again:
                     error = again
             step, stream = state["step"], PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle, state["position"])
+            queue = rollout_queue(cfg, engines, tokenizer, stream, specs, reward_pool, ckpt.latest_checkpoint(run_dir))
             continue
         step += 1
         budget.step_done(step)
@@ -429,9 +435,21 @@ def train(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def learn(cfg, engines, batch, rewards) -> dict:
-    """The learner's part of a step: (colocated: the engines sleep) advantages, the update, then the new
-    weights into the engines. Returns its metrics."""
+def rollout_queue(cfg, engines, tokenizer, stream, specs, reward_pool, checkpoint=None) -> RolloutQueue | None:
+    """The asynchronous rollout queue (with algorithm.max_staleness > 0 or rollout.partial), restored
+    from `checkpoint` when given; None for the synchronous loop (`collect`)."""
+    if cfg.algorithm.max_staleness == 0 and not cfg.rollout.partial:
+        return None
+    queue = RolloutQueue(cfg, engines, tokenizer, stream,
+                         lambda rows, completions: score(cfg, tokenizer, rows, completions, specs, reward_pool)[1])
+    if checkpoint is not None:
+        queue.load_state_dict(ckpt.load_rollout_queue(checkpoint))
+    return queue
+
+
+def learn(cfg, engines, batch, rewards, step: int) -> dict:
+    """The learner's part of step `step`: (colocated: the engines sleep) advantages, the update, then
+    the new weights (policy version `step`) into the engines. Returns its metrics."""
     metrics, learners = {}, engines.learners
     if engines.shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
         t0 = time.perf_counter()
@@ -449,7 +467,7 @@ def learn(cfg, engines, batch, rewards) -> dict:
     t0 = time.perf_counter()
     if engines.shared_gpu:
         engines.wake_up()
-    engines.sync()
+    engines.sync(version=step)
     metrics["time/sync_s"] = time.perf_counter() - t0
     return metrics
 
@@ -474,16 +492,21 @@ def restart_learners(run_dir, start_learners, engines, monitor, start_state, fai
     engines.learners = learners
     if engines.shared_gpu:
         engines.wake_up()
-    engines.sync()
+    engines.sync(version=state["step"])
     monitor.rewind(state["step"])
     return state
 
 
-def save_checkpoint(learners, tokenizer, run_dir, step, position):
+def save_checkpoint(learners, tokenizer, run_dir, step, position, queue=None):
     """Every learner rank's part of checkpoint `step`, the tokenizer beside the policy, the trainer's
-    state, then `latest` pointed at it (last, so a crash midway leaves the previous one latest)."""
+    state (and the rollout queue's, its rounds in flight waited for first), then `latest` pointed at it
+    (last, so a crash midway leaves the previous one latest)."""
     folder = ckpt.checkpoint_dir(run_dir, step)
+    if queue is not None:
+        queue.drain()
     learners.save(str(folder))
     tokenizer.save_pretrained(folder / "policy")
+    if queue is not None:
+        ckpt.save_rollout_queue(folder, queue.state_dict())
     ckpt.save_trainer_state(folder, step, position)
     ckpt.mark_latest(run_dir, folder)

@@ -9,6 +9,7 @@ from .aggregation import AGGREGATIONS, aggregate, aggregation_numerator, loss_de
 from .entropy import entropy_bonus, entropy_from_logits, entropy_of
 from .kl import KL_ESTIMATORS, kl_loss, kl_penalty
 from .losses import policy_loss, tis_weights
+from .off_policy import IS_CORRECTIONS, importance_weights, mismatch_stats
 from .sampling import dynamic_sampling_filter, groups_needed
 from .shaping import overlong_shaping
 
@@ -16,7 +17,7 @@ __all__ = [
     "ESTIMATORS", "compute_advantages", "grpo_advantages", "drgrpo_advantages", "rloo_advantages",
     "reinforce_pp_advantages", "discounted_returns", "whiten",
     "AGGREGATIONS", "aggregate", "aggregation_numerator", "loss_denominator", "masked_mean", "masked_sum",
-    "policy_loss", "tis_weights", "KL_ESTIMATORS", "kl_penalty", "kl_loss",
+    "policy_loss", "tis_weights", "IS_CORRECTIONS", "importance_weights", "mismatch_stats", "KL_ESTIMATORS", "kl_penalty", "kl_loss",
     "entropy_from_logits", "entropy_of", "entropy_bonus", "dynamic_sampling_filter", "groups_needed",
     "overlong_shaping",
 ]

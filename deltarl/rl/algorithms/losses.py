@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .aggregation import aggregate, as_bool_mask, masked_mean
+from .off_policy import importance_weights, mismatch_stats
 
 LOG_RATIO_LIMIT = 20.0   # exp(20) ~ 5e8: finite in float32, far beyond any clip range
 
@@ -65,20 +66,24 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                 aggregation: str = "token", max_len: int | None = None,
                 rollout_logprobs: torch.Tensor | None = None, tis_cap: float | None = None,
-                denominator: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                denominator: torch.Tensor | float | None = None,
+                is_correction: str = "tis") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss (scalar float32, to minimise) and detached 0-dim stats.
 
     logprobs [B, T] carry the gradient; old_logprobs [B, T] are the learner's logprobs of the
     same tokens before this update (pass logprobs.detach() for a single on-policy step);
     advantages [B, T]; mask [B, T]. aggregation / max_len / denominator: see aggregation.py
     (with micro-batches, pass the optimizer step's loss_denominator).
-    rollout_logprobs [B, T] from the rollout engine plus tis_cap turn TIS on.
+    rollout_logprobs [B, T] from the rollout engine plus tis_cap turn the off-policy correction on:
+    `is_correction` (off_policy.IS_CORRECTIONS; TIS by default) with the bound C = tis_cap.
 
     stats: pg_loss; clip_frac_low / clip_frac_high (share of valid tokens whose gradient the
     clip removed: ratio < 1 - clip_low with A < 0, ratio > 1 + clip_high with A > 0) and
     clip_frac; approx_kl (k3 estimate of KL(pi_old || pi_theta)); ratio_mean, ratio_max;
     with rollout_logprobs also rollout_kl (k3 estimate of KL(pi_rollout || pi_old), the
-    engine/learner mismatch) and, with tis_cap, tis_weight_mean and tis_capped_frac.
+    engine/learner mismatch), rollout_probs_diff_mean / _max and, with tis_cap, tis_weight_mean,
+    tis_capped_frac (share of tokens whose ratio exceeds C) and is_masked_frac (tokens a masked
+    correction dropped).
     """
     mask = as_bool_mask(mask)
     _check_inputs(mask, clip_low, clip_high, tis_cap, logprobs=logprobs,
@@ -90,7 +95,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     per_token = torch.maximum(-adv * ratio, -adv * clipped)                        # [B, T]
     weights = None
     if tis_cap is not None:
-        weights = tis_weights(old_logprobs, rollout_logprobs, mask, tis_cap)      # [B, T]
+        weights, kept = importance_weights(old_logprobs, rollout_logprobs, mask, is_correction, tis_cap)  # [B, T]
         per_token = per_token * weights
     loss = aggregate(per_token, mask, aggregation, max_len, denominator)
 
@@ -107,9 +112,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
             "ratio_max": _masked_max_nonneg(ratio, mask),
         }
         if rollout_logprobs is not None:
-            log_w = _masked_log_ratio(old_logprobs, rollout_logprobs, mask)
-            stats["rollout_kl"] = masked_mean(log_w.exp() - 1.0 - log_w, mask)
+            stats.update(mismatch_stats(old_logprobs, rollout_logprobs, mask))
         if weights is not None:
+            log_w = _masked_log_ratio(old_logprobs, rollout_logprobs, mask)
             stats["tis_weight_mean"] = masked_mean(weights, mask)
             stats["tis_capped_frac"] = masked_mean((log_w.exp() > tis_cap).float(), mask)
+            stats["is_masked_frac"] = masked_mean((mask & ~kept).float(), mask)
     return loss, {k: v.detach().float() for k, v in stats.items()}
