@@ -39,7 +39,8 @@ from deltarl.rollout import EmbeddedEngine, SamplingParams
 # The reward that scores each task in RL, and so here: its first part is 1.0 for a right response
 REWARDS = {"arithmetic": {"name": "accuracy", "fn": "arithmetic"},
            "math_word": {"name": "math", "fn": "math", "extract": "boxed"},
-           "code_io": {"name": "code", "fn": "code", "mode": "all"}}
+           "code_io": {"name": "code", "fn": "code", "mode": "all"},
+           "countdown": {"name": "accuracy", "fn": "countdown"}}
 # MLA head sizes: the CPU demo's, and the released model's (vLLM's MLA prefill kernels accept only these)
 MLA_DIMS = {"tiny": dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
             "released": dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)}
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--difficulty", type=int, default=2, help="arithmetic: operands have up to this many digits")
     p.add_argument("--ops", default="+", help="arithmetic: operators to draw from (any of + - *)")
     p.add_argument("--operands", type=int, default=2, help="arithmetic: numbers per prompt")
+    p.add_argument("--trace", type=int, default=0,
+                   help="countdown: targets are worked searches of up to this many attempts (0: the answer alone)")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--eval-size", type=int, default=200)
@@ -91,6 +94,8 @@ def task_options(args) -> dict:
     """The make_task keyword arguments that define the task (besides n and seed)."""
     if args.task == "arithmetic":
         return {"difficulty": args.difficulty, "ops": args.ops, "operands": args.operands}
+    if args.task == "countdown" and args.trace:
+        return {"difficulty": args.difficulty, "trace": args.trace}
     return {"difficulty": args.difficulty}
 
 
@@ -231,7 +236,8 @@ def rl_config(args, out: Path, budget: int) -> dict:
     shown = "".join(f", {k}={v!r}" for k, v in options.items())
     formats = {"arithmetic": "answer digits in natural order (leading '-' if negative), then <eos>",
                "math_word": "\\boxed{answer} in one of the row's equivalent forms, then <eos>",
-               "code_io": "a ```python fenced program reading a, b from stdin, then <eos>"}
+               "code_io": "a ```python fenced program reading a, b from stdin, then <eos>",
+               "countdown": "expr=value attempt lines (with --trace), the expression on the last line, then <eos>"}
     return {
         "model.path": str(out), "tokenizer": str(out),
         "data.task": args.task, "data.difficulty": args.difficulty, "data.task_options": options,

@@ -76,28 +76,51 @@ def _valid(a: int, b: int, op: str, cap: int) -> bool:
     return True
 
 
+def _random_expression(rng: random.Random, numbers: list[int], cap: int):
+    """(value, text) of a random expression using every number once (random pairs merged by a random
+    valid operator), or None when a merge has no valid operator."""
+    items = [(x, str(x), 3) for x in numbers]
+    while len(items) > 1:
+        i, j = rng.sample(range(len(items)), 2)
+        ops = [op for op in rng.sample("+-*/", 4) if _valid(items[i][0], items[j][0], op, cap)]
+        if not ops:
+            return None
+        merged = _combine(items[i], items[j], ops[0])
+        items = [it for k, it in enumerate(items) if k not in (i, j)] + [merged]
+    return items[0][0], items[0][1]
+
+
 def _countdown_one(rng: random.Random, count: int, max_number: int, max_target: int):
     for _ in range(1000):
         numbers = [rng.randint(1, max_number) for _ in range(count)]
-        items = [(x, str(x), 3) for x in numbers]
-        while len(items) > 1:
-            i, j = rng.sample(range(len(items)), 2)
-            ops = [op for op in rng.sample("+-*/", 4)
-                   if _valid(items[i][0], items[j][0], op, 10 * max_target)]
-            if not ops:
-                break
-            merged = _combine(items[i], items[j], ops[0])
-            items = [it for k, it in enumerate(items) if k not in (i, j)] + [merged]
-        if len(items) == 1 and 1 <= items[0][0] <= max_target:
-            return numbers, items[0][0], items[0][1]
+        found = _random_expression(rng, numbers, 10 * max_target)
+        if found and 1 <= found[0] <= max_target:
+            return numbers, found[0], found[1]
     raise RuntimeError(f"no Countdown puzzle found for count={count}, max_number={max_number}, "
                        f"max_target={max_target}")
 
 
+def search_trace(rng: random.Random, numbers: list[int], target: int, answer: str, attempts: int, cap: int) -> str:
+    """A worked search: up to `attempts` random expressions of all the numbers, one "expr=value" line
+    each, stopping at the first that makes `target` (else `answer`'s line closes it), then the
+    expression found on the last line (what the countdown reward reads). Lengths vary from puzzle to
+    puzzle, as reasoning does."""
+    lines = []
+    for _ in range(attempts):
+        found = _random_expression(rng, numbers, cap)
+        if found is None:
+            continue
+        lines.append(f"{found[1]}={found[0]}")
+        if found[0] == target:
+            return "\n".join(lines) + "\n" + found[1]
+    return "\n".join(lines + [f"{answer}={target}", answer])
+
+
 def countdown(n: int, seed: int = 0, difficulty: int = 1, *, count: int | None = None,
               max_number: int | None = None, max_target: int | None = None,
-              template: str = "make {target} from {numbers}:") -> list[dict]:
-    """n solvable puzzles {"prompt", "numbers", "target", "answer": one solution}."""
+              template: str = "make {target} from {numbers}:", trace: int = 0) -> list[dict]:
+    """n solvable puzzles {"prompt", "numbers", "target", "answer": one solution}. `trace` > 0 adds a
+    "solution" (the warm-up's target): a `search_trace` of up to `trace` attempts."""
     if difficulty < 1:
         raise ValueError("difficulty >= 1")
     count = count or difficulty + 2
@@ -105,11 +128,14 @@ def countdown(n: int, seed: int = 0, difficulty: int = 1, *, count: int | None =
     max_target = max_target or 10 * (difficulty + 1) ** 2
     rng = random.Random(f"countdown:{seed}:{difficulty}:{count}:{max_number}:{max_target}")
     rows = []
-    for _ in range(n):
+    for i in range(n):
         numbers, target, expr = _countdown_one(rng, count, max_number, max_target)
         rows.append({"prompt": template.format(target=target, numbers=" ".join(map(str, numbers))),
                      "answer": expr, "numbers": numbers, "target": target, "task": "countdown",
                      "difficulty": difficulty})
+        if trace:       # its own generator per row: the puzzles stay those without traces
+            trace_rng = random.Random(f"countdown-trace:{seed}:{difficulty}:{i}")
+            rows[-1]["solution"] = search_trace(trace_rng, numbers, target, expr, trace, 10 * max_target)
     return rows
 
 
