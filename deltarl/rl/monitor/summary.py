@@ -22,6 +22,8 @@ STEP_COLUMNS = [
     ("time/sync_s", "sync s", "{:.3f}"),
     ("perf/rollout_tokens_per_s", "rollout tok/s", "{:,.0f}"),
     ("perf/train_tokens_per_s", "train tok/s", "{:,.0f}"),
+    ("perf/samples_per_s", "samples/s", "{:.1f}"),
+    ("async/staleness_mean", "staleness", "{:.2f}"),
 ]
 
 
