@@ -41,8 +41,8 @@ def run(config: str, staleness: int, steps: int, overrides: list[str], runs: Pat
     return Path(re.findall(r"^run directory: (.+)$", proc.stdout, re.M)[-1])
 
 
-def summarize(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+def summarize(metrics: Path) -> dict:
+    records = [json.loads(line) for line in metrics.open()]
     steps = sorted((r for r in records if "time/step_s" in r), key=lambda r: r["step"])
     evals = sorted((r for r in records if "eval/greedy_accuracy" in r), key=lambda r: r["step"])
     steady = [r for r in steps if r["step"] >= STEADY_FROM]
@@ -115,33 +115,36 @@ def main():
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--name", required=True, help="results name: async_<name>.md (e.g. cpu, or the GPU's name)")
     p.add_argument("--runs", default="/tmp/async_runs")
+    p.add_argument("--reuse", help="folder of metrics_staleness<k>.jsonl: tabulate those runs instead of running")
     p.add_argument("--budget-s", type=float, default=0, help="skip a setting that would end past this (0: none)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     runs = Path(args.runs)
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
+    folder = ROOT / "benchmarks" / "results"
+    keep = folder / f"async_{args.name}"
+    keep.mkdir(exist_ok=True)
     results, start, longest = {}, time.time(), 0.0
     for k in args.staleness:
+        if args.reuse:                 # the table again from runs made earlier (e.g. in separate device calls)
+            results[k] = summarize(Path(args.reuse) / f"metrics_staleness{k}.jsonl")
+            continue
         if args.budget_s and time.time() - start + longest > args.budget_s:
             print(f"max_staleness {k} skipped: another run would pass --budget-s {args.budget_s}", flush=True)
             continue
         t0 = time.time()
-        results[k] = summarize(run(args.config, k, args.steps, args.overrides, runs))
+        run_dir = run(args.config, k, args.steps, args.overrides, runs)
+        shutil.copy(run_dir / "metrics.jsonl", keep / f"metrics_staleness{k}.jsonl")
+        shutil.copy(run_dir / "config.yaml", keep / f"config_staleness{k}.yaml")
+        results[k] = summarize(keep / f"metrics_staleness{k}.jsonl")
         longest = max(longest, time.time() - t0)
     device = args.name.replace("_", " ")
     text = table(results, device, args.config, args.overrides, args.steps)
     print(text)
-    folder = ROOT / "benchmarks" / "results"
     out = folder / f"async_{args.name}.md"
     history = out.read_text().split("\n", 2)[2] if out.exists() else ""
     out.write_text(f"# Asynchronous RL vs the synchronous loop ({device})\n\n{text}\n{history}")
-    keep = folder / f"async_{args.name}"
-    keep.mkdir(exist_ok=True)
-    for k in results:
-        run_dir = next((runs / f"staleness{k}").iterdir())
-        shutil.copy(run_dir / "metrics.jsonl", keep / f"metrics_staleness{k}.jsonl")
-        shutil.copy(run_dir / "config.yaml", keep / f"config_staleness{k}.yaml")
     plot(results, keep / "curves.png")
     print(f"wrote {out} and {keep}/")
 

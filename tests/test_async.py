@@ -42,6 +42,9 @@ class InProcessEngines:
     def generate(self, prompt_ids, params):
         return self.engine.generate(prompt_ids, params)
 
+    def settle(self):
+        """(weights load at once here: nothing is left in flight)"""
+
 
 class Setup:
     """A config, the warm-up policy in an engine, weights of versions 0, 1, 2, ... (version v: the warm-up
@@ -109,6 +112,26 @@ def test_staleness_zero_is_the_synchronous_loop():
         metrics = {}
         same_batches(queue.take(step, metrics), synchronous[step - 1])
         assert metrics["async/staleness_max"] == 0 and metrics["async/staleness_0_frac"] == 1.0
+
+
+def test_staleness_zero_with_partial_rollouts_stays_on_policy():
+    """k = 0 with partial rollouts: the sequences still decoding after their round are resumed by rounds
+    without new prompts, so step t trains on exactly round t's prompts, all sampled by version t - 1."""
+    seed = random.randrange(2**31)
+    print(f"seed {seed}")
+    s = Setup(["rollout.partial=true", "rollout.partial_tokens=2"], seed)
+    stream, order = s.stream(), s.stream()
+    queue = s.queue(stream)
+    P = s.cfg.rollout.prompts_per_step
+    for step in (1, 2, 3):
+        s.load(step - 1)
+        queue.fill(step)
+        metrics = {}
+        batch, _ = queue.take(step, metrics)
+        assert metrics["async/staleness_max"] == 0 and stream.position == P * step, (seed, metrics)
+        prompts = [s.tokenizer(r["prompt"]).input_ids for r in order.take(P)]
+        assert batch.prompt_ids == [p for p in prompts for _ in range(s.cfg.rollout.n)], seed
+    assert metrics["async/partial_samples_frac"] > 0, "nothing paused: the test did not exercise partial rollouts"
 
 
 @pytest.mark.parametrize("k", [1, 2])

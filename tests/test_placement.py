@@ -35,6 +35,15 @@ def test_split_bundles_engines_then_learner_ranks_with_their_gpus():
     assert plan.engine_gpus == [1, 1] and plan.learner_gpus == [2, 2]
 
 
+def test_split_halves_put_an_engine_and_a_learner_rank_on_one_gpu_at_once():
+    """rollout.gpus_per_worker=0.5 learner.gpus_per_worker=0.5 (configs/countdown_gpu.yaml): two bundles of
+    half a GPU each, which Ray packs onto one GPU; the engine does not sleep (no shared bundle)."""
+    plan = plan_placement(cfg_of("ray.placement=split", "rollout.gpus_per_worker=0.5",
+                                 "learner.gpus_per_worker=0.5"), gpus=True)
+    assert plan.bundles == [{"CPU": 1, "GPU": 0.5}, {"CPU": 1, "GPU": 0.5}]
+    assert plan.engine_gpus == [0.5] and plan.learner_gpus == [0.5]
+
+
 def test_cpu_bundles_ask_for_no_gpu():
     plan = plan_placement(cfg_of("learner.num_workers=2"), gpus=False)
     assert plan.bundles == [{"CPU": 2}, {"CPU": 1}]

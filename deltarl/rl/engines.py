@@ -35,6 +35,7 @@ class Engines:
     run_dir: Path
     version: int = 0                    # the policy version the engines hold: learner steps taken
     weight_group: tuple | None = field(default=None, init=False)   # open_weight_group's, for `broadcast`
+    unsettled: dict = field(default_factory=dict, init=False)      # engine -> (actor, ref) of a sync(wait=False)
 
     def __post_init__(self):
         import ray
@@ -87,19 +88,39 @@ class Engines:
     def wake_up(self):
         self._each("wake_up")
 
-    def sync(self, only: list | None = None, version: int | None = None):
+    def sync(self, only: list | None = None, version: int | None = None, wait: bool = True):
         """The learner's current weights (policy `version`, when given) into every engine (or those in
-        `only`), replacing any that die."""
+        `only`), replacing any that die. `wait=False` (object-store mode only; the others hand over the
+        learner's own memory or need both sides at once) returns once the learner's copy is in the
+        object store: each engine loads it when it reaches the call, after the rounds queued before it,
+        and the next sync (or `settle`) checks that it did."""
         import ray
-        if only is not None and weight_sync_mode(self.cfg, self.shared_gpu) == "broadcast":
+        self.settle()
+        mode = weight_sync_mode(self.cfg, self.shared_gpu)
+        if only is not None and mode == "broadcast":
             # the group spans every engine and the dead one's place in it is gone: a new group, everyone
             self.weight_group, only = open_weight_group(self.cfg, ray, self.actors, self.shared_gpu), None
-        results = sync_weights(self.cfg, ray, self.actors, self.learners, self.shared_gpu, self.weight_group, only)
+        refs = submit_weights(self.cfg, self.actors, self.learners, self.shared_gpu, self.weight_group, only)
         if version is not None:
             self.version = version
-        for i, result in results.items():
+        if not wait and mode == "object_store":
+            self.unsettled = {i: (self.actors[i], ref) for i, ref in refs.items()}
+            return
+        for i, result in wait_weights(ray, refs).items():
             if isinstance(result, BaseException):
                 self.replace(i, result)
+
+    def settle(self):
+        """Wait for a sync left in flight by `sync(wait=False)`; an engine that died meanwhile is replaced
+        (and so holds the current weights) unless it already was."""
+        import ray
+        pending, self.unsettled = self.unsettled, {}
+        for i, (actor, ref) in pending.items():
+            try:
+                ray.get(ref)
+            except engine_died() as error:
+                if self.actors[i] is actor:
+                    self.replace(i, error)
 
     def replace(self, i: int, error: BaseException):
         """Engine i died: count it (the run stops past run.max_restarts in a row), start a new engine in
@@ -172,26 +193,36 @@ def open_weight_group(cfg, ray, rollouts, shared_gpu: bool):
 
 
 def sync_weights(cfg, ray, rollouts, learners, shared_gpu: bool, weight_group=None, only=None) -> dict:
-    """New policy weights into the rollout engines (all, or the indices in `only`), by `weight_sync_mode`:
-    CUDA IPC handles when vLLM shares a learner rank's GPU (engine i maps rank i's memory,
-    device-to-device); a bucketed broadcast over the weight group (`open_weight_group`; every engine
-    takes part), learner rank 0 sending while every engine receives (the group fails fast if any side
-    fails); or the Ray object store (rank 0's copy put once, every engine reads it). `learners`: the
-    LearnerGroup. Returns {engine index: True, or the error of an engine that died}."""
+    """New policy weights into the rollout engines (all, or the indices in `only`), by `weight_sync_mode`
+    (`submit_weights`), waited for. Returns {engine index: True, or the error of an engine that died}."""
+    return wait_weights(ray, submit_weights(cfg, rollouts, learners, shared_gpu, weight_group, only))
+
+
+def submit_weights(cfg, rollouts, learners, shared_gpu: bool, weight_group=None, only=None) -> dict:
+    """Start loading new weights into the engines: CUDA IPC handles when vLLM shares a learner rank's
+    GPU (engine i maps rank i's memory, device-to-device); a bucketed broadcast over the weight group
+    (`open_weight_group`; every engine takes part), learner rank 0 sending while every engine receives
+    (the group fails fast if any side fails; this returns once it is done); or the Ray object store
+    (rank 0's copy put once, every engine reads it). `learners`: the LearnerGroup. Returns
+    {engine index: ObjectRef of its load}."""
     mode = weight_sync_mode(cfg, shared_gpu)
     targets = list(range(len(rollouts))) if only is None else list(only)
     if mode == "ipc":
         payloads = learners.weight_ipc_handles()
-        refs = {i: rollouts[i].update_weights_from_ipc.remote(payloads[i]) for i in targets}
-    elif mode == "broadcast":
+        return {i: rollouts[i].update_weights_from_ipc.remote(payloads[i]) for i in targets}
+    if mode == "broadcast":
         if len(targets) != len(rollouts):
             raise ValueError("a broadcast sync needs every engine of the weight group")
         _, address, bases = weight_group
         refs = {i: rollouts[i].receive_weights.remote(address, bases[i]) for i in targets}
         learners.broadcast_weights(address, cfg.rollout.weight_sync_bucket_mb, list(refs.values()))
-    else:
-        weights = learners.named_weights(as_ref=True)
-        refs = {i: rollouts[i].update_weights.remote(weights) for i in targets}
+        return refs
+    weights = learners.named_weights(as_ref=True)
+    return {i: rollouts[i].update_weights.remote(weights) for i in targets}
+
+
+def wait_weights(ray, refs: dict) -> dict:
+    """{engine index: True, or the error of an engine that died} for `submit_weights`' refs."""
     results = {}
     for i, ref in refs.items():
         try:

@@ -17,7 +17,9 @@ prefills the prefix under the new weights rather than keeping a state computed b
 every token after the update is exactly what the new policy samples from that prefix). A group is
 scored when all its samples are finished; each token records the policy version that sampled it.
 
-`take(step)` hands the learner the oldest `prompts_per_step` scored groups; a group whose oldest
+`take(step)` hands the learner the oldest `prompts_per_step` scored groups (when it must wait for paused
+sequences and no round is in flight, it submits a round that only resumes them, so each step still draws
+`prompts_per_step` new prompts and k = 0 stays on-policy with partial rollouts); a group whose oldest
 token is more than `max_staleness` versions behind is dropped or kept for the off-policy correction
 (`algorithm.stale_samples`). The queue's state after `drain` is saved with each checkpoint, so a
 resumed run continues exactly where an uninterrupted one would.
@@ -62,7 +64,7 @@ class Group:
 @dataclass
 class Round:
     index: int
-    fresh: object               # engines.Pending of the new prompts
+    fresh: object | None        # engines.Pending of the new prompts, or None (a resume-only round)
     fresh_groups: list[int]     # their group ids, in prompt order
     resumed: object | None      # engines.Pending of the paused sequences, or None
     resumed_sequences: list[Sequence]
@@ -76,7 +78,8 @@ class RolloutQueue:
         self.cfg, self.engines, self.tokenizer, self.stream, self.score = cfg, engines, tokenizer, stream, score
         r = cfg.rollout
         self.budget = (r.partial_tokens or max(1, r.max_tokens // 4)) if r.partial else r.max_tokens
-        self.submitted = 0                      # rounds submitted so far
+        self.submitted = 0                      # fresh rounds submitted so far (one per step)
+        self.resumes = 0                        # rounds of any kind, for the resumed parts' seeds
         self.next_group = 0
         self.groups: dict[int, Group] = {}      # unfinished groups
         self.paused: list[Sequence] = []        # to resume in the next round
@@ -94,34 +97,37 @@ class RolloutQueue:
     def _seed(self, index: int) -> int:
         return self.cfg.run.seed * 1_000_003 + index          # collect()'s seed of step `index`
 
-    def _submit_round(self):
+    def _submit_round(self, fresh: bool = True):
+        """A round: (with `fresh`) the next prompts_per_step prompts x n, and the paused sequences.
+        Fresh rounds are numbered 1, 2, ... (their seeds are collect()'s); a resume-only round, which
+        `take` submits when it waits for paused sequences, takes no prompts."""
         r = self.cfg.rollout
-        self.submitted += 1
-        index = self.submitted
-        rows = self.stream.take(r.prompts_per_step)
-        fresh_groups = []
-        for row in rows:
-            gid, self.next_group = self.next_group, self.next_group + 1
-            self.groups[gid] = Group(row, self.tokenizer(row["prompt"]).input_ids,
-                                     [Sequence(gid, j) for j in range(r.n)])
-            fresh_groups.append(gid)
-        params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_tokens=min(self.budget, r.max_tokens), seed=self._seed(index))
-        fresh = self.engines.submit([self.groups[g].prompt_ids for g in fresh_groups], params)
+        self.resumes += 1                                   # every round's resumed part has its own seed
+        fresh_groups, pending = [], None
+        if fresh:
+            self.submitted += 1
+            for row in self.stream.take(r.prompts_per_step):
+                gid, self.next_group = self.next_group, self.next_group + 1
+                self.groups[gid] = Group(row, self.tokenizer(row["prompt"]).input_ids,
+                                         [Sequence(gid, j) for j in range(r.n)])
+                fresh_groups.append(gid)
+            params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                    max_tokens=min(self.budget, r.max_tokens), seed=self._seed(self.submitted))
+            pending = self.engines.submit([self.groups[g].prompt_ids for g in fresh_groups], params)
         resumed, paused = None, self.paused
         if paused:
             prompts = [self.groups[s.group].prompt_ids + s.tokens for s in paused]          # prompt + prefix
             resumed = self.engines.submit(prompts, SamplingParams(
                 n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=self.budget,
-                seed=self._seed(index) + RESUME_SEED_OFFSET))
+                seed=self._seed(self.resumes) + RESUME_SEED_OFFSET))
         self.paused = []
-        self.rounds.append(Round(index, fresh, fresh_groups, resumed, paused))
+        self.rounds.append(Round(self.submitted, pending, fresh_groups, resumed, paused))
 
     def _fetch_oldest(self):
         """Wait for the oldest round in flight; score the groups it finished, pause the rest."""
         round = self.rounds.popleft()
         decoded = []                                                       # sequences of this round
-        completions, versions = self.engines.wait(round.fresh)
+        completions, versions = self.engines.wait(round.fresh) if round.fresh is not None else ([], [])
         for c, v in zip(completions, versions):
             decoded.append(self.groups[round.fresh_groups[c.prompt_index]].sequences[c.sample_index])
             self._extend(decoded[-1], c, v)
@@ -171,15 +177,16 @@ class RolloutQueue:
     # --- consuming ----------------------------------------------------------------------------------
     def take(self, step: int, metrics: dict):
         """The oldest `rollout.prompts_per_step` scored groups for training step `step` (waiting for
-        rounds, and submitting more when none is in flight), as (RolloutBatch, rewards [B]); records the
+        rounds; with none in flight, submitting one that resumes the paused sequences, or a fresh one when
+        none is paused), as (RolloutBatch, rewards [B]); records the
         rollout metrics, staleness counted in versions behind the policy being trained (step - 1)."""
         algo, target = self.cfg.algorithm, self.cfg.rollout.prompts_per_step
         t0, self.reward_s = time.perf_counter(), 0.0
         taken, dropped, extra = [], 0, 0
         while len(taken) < target:
             if not self.ready:
-                if not self.rounds:
-                    self._submit_round()
+                if not self.rounds:    # waiting on paused sequences: resume them (new prompts only if none)
+                    self._submit_round(fresh=not self.paused)
                     extra += 1
                 self._fetch_oldest()
                 continue
@@ -225,21 +232,24 @@ class RolloutQueue:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def drain(self):
-        """Wait for every round in flight (before a checkpoint: its state then holds no engine work)."""
+        """Wait for every round in flight and the weight loads queued between them (before a checkpoint:
+        its state then holds no engine work)."""
         while self.rounds:
             self._fetch_oldest()
+        self.engines.settle()
 
     def state_dict(self) -> dict:
         """Everything needed to continue (after `drain`): counters, unfinished groups, the paused
         sequences (by group and sample) and the scored groups not yet trained on."""
         if self.rounds:
             raise RuntimeError("drain() the rollout queue before saving it")
-        return {"submitted": self.submitted, "next_group": self.next_group, "groups": self.groups,
+        return {"submitted": self.submitted, "resumes": self.resumes, "next_group": self.next_group,
+                "groups": self.groups,
                 "paused": [(s.group, s.sample) for s in self.paused], "ready": list(self.ready),
                 "failures": self.failures}
 
     def load_state_dict(self, state: dict):
-        self.submitted, self.next_group = state["submitted"], state["next_group"]
+        self.submitted, self.resumes, self.next_group = state["submitted"], state["resumes"], state["next_group"]
         self.groups, self.ready, self.failures = state["groups"], deque(state["ready"]), state["failures"]
         self.paused = [self.groups[g].sequences[j] for g, j in state["paused"]]
         self.rounds.clear()

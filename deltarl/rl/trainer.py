@@ -387,7 +387,7 @@ def train(cfg: RunConfig) -> Path:
         if batch.size == 0:
             bar.write(f"step {step}: every group had equal rewards; nothing to learn from")
         else:
-            metrics.update(learn(cfg, engines, batch, rewards, step))
+            metrics.update(learn(cfg, engines, batch, rewards, step, wait_sync=queue is None))
             lengths = batch.mask.sum(1)
             metrics.update({"reward/mean": rewards.mean().item(),
                             "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
@@ -447,9 +447,10 @@ def rollout_queue(cfg, engines, tokenizer, stream, specs, reward_pool, checkpoin
     return queue
 
 
-def learn(cfg, engines, batch, rewards, step: int) -> dict:
+def learn(cfg, engines, batch, rewards, step: int, wait_sync: bool = True) -> dict:
     """The learner's part of step `step`: (colocated: the engines sleep) advantages, the update, then
-    the new weights (policy version `step`) into the engines. Returns its metrics."""
+    the new weights (policy version `step`) into the engines (`wait_sync=False`, the asynchronous loop:
+    without waiting for engines busy with rounds queued before the weights). Returns its metrics."""
     metrics, learners = {}, engines.learners
     if engines.shared_gpu:      # the engine sleeps (weights to host, cache freed) while the learner trains
         t0 = time.perf_counter()
@@ -467,7 +468,7 @@ def learn(cfg, engines, batch, rewards, step: int) -> dict:
     t0 = time.perf_counter()
     if engines.shared_gpu:
         engines.wake_up()
-    engines.sync(version=step)
+    engines.sync(version=step, wait=wait_sync)
     metrics["time/sync_s"] = time.perf_counter() - t0
     return metrics
 
