@@ -141,3 +141,24 @@ def test_an_engine_that_keeps_dying_stops_the_run_naming_it(tmp_path):
     assert code != 0
     assert code == 3 and "run stopped: rollout engine 0 failed 3 times in a row (run.max_restarts=2)" in log, log[-4000:]
     assert "its process died" in log
+
+
+def test_an_async_run_survives_an_engine_and_a_learner_rank_being_killed(tmp_path):
+    """max_staleness 1 with partial rollouts: rounds are queued on the engine when it dies (the replacement
+    redoes them with the current weights) and the learner group restarts from its checkpoint with the
+    rollout queue's saved state. The run completes with one record per step and every step's samples
+    within the staleness bound plus the rounds a paused sequence spans."""
+    seed = int(os.environ.get("CHAOS_SEED", random.randrange(10**6)))
+    print(f"chaos seed {seed} (CHAOS_SEED={seed} repeats the kill times)")
+    args = [*CHAOS, "run.steps=12", "algorithm.max_staleness=1", "rollout.partial=true", "rollout.partial_tokens=2"]
+    code, log, kills = run_with_killer(args, tmp_path / "chaos", ["RolloutWorker", "LearnerWorker"], seed)
+    print("kills:", kills)
+    assert code == 0, log[-4000:]
+    assert [actor for actor, _ in kills] == ["RolloutWorker", "LearnerWorker"], f"the run ended first: {kills}"
+    run_dir = next((tmp_path / "chaos").glob("*/metrics.jsonl")).parent
+    records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert sorted(records) == list(range(1, 13)), f"steps logged more or less than once: {records}"
+    events = {json.loads(line)["event"] for line in (run_dir / "events.jsonl").open()}
+    assert events >= {"engine_restart", "learner_restart"}, events
+    steps = metrics_by_step(run_dir)
+    assert all(steps[s]["async/staleness_max"] <= 1 + 3 for s in steps)      # k, plus max_tokens / partial_tokens
