@@ -728,9 +728,6 @@ def _check_together(cfg: RunConfig, c: _Checker):
         c.fail("rollout.partial", "needs rollout.max_tokens >= 2 (a sequence pauses midway)")
     if a.is_correction in ("mask_token", "mask_sequence") and a.tis_cap is None:
         c.fail("algorithm.tis_cap", f"must be set (the bound C) with algorithm.is_correction={a.is_correction!r}")
-    if (a.max_staleness > 0 or r.partial) and a.dynamic_sampling:
-        c.fail("algorithm.dynamic_sampling", "is not supported by the asynchronous rollout queue "
-                                             "(algorithm.max_staleness > 0 or rollout.partial=true) yet: turn one off")
     if r.engine == "vllm" and _uses_moba(cfg.model):
         c.fail("rollout.engine", "vllm does not serve MoBA attention (the model's moba_config); a MoBA "
                                  "model's rollouts use rollout.engine=embedded")

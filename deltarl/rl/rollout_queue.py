@@ -21,7 +21,9 @@ scored when all its samples are finished; each token records the policy version 
 sequences and no round is in flight, it submits a round that only resumes them, so each step still draws
 `prompts_per_step` new prompts and k = 0 stays on-policy with partial rollouts); a group whose oldest
 token is more than `max_staleness` versions behind is dropped or kept for the off-policy correction
-(`algorithm.stale_samples`). The queue's state after `drain` is saved with each checkpoint, so a
+(`algorithm.stale_samples`). With `algorithm.dynamic_sampling` a group whose rewards are all equal is
+dropped when scored, and a step short of groups waits for up to `max_refills` extra rounds of new
+prompts. The queue's state after `drain` is saved with each checkpoint, so a
 resumed run continues exactly where an uninterrupted one would.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 from deltarl.rollout import Completion, SamplingParams
 
+from .algorithms import dynamic_sampling_filter
 from .samples import batch_from_completions
 
 RESUME_SEED_OFFSET = 500_000_003      # resumed sequences' sampling seeds, apart from the new prompts'
@@ -74,8 +77,9 @@ class RolloutQueue:
     """Generation rounds in flight, paused sequences, and scored groups waiting for the learner.
     `score(rows, completions)` returns a rewards.RewardBatch (the trainer's reward path)."""
 
-    def __init__(self, cfg, engines, tokenizer, stream, score):
+    def __init__(self, cfg, engines, tokenizer, stream, score, max_refills: int = 3):
         self.cfg, self.engines, self.tokenizer, self.stream, self.score = cfg, engines, tokenizer, stream, score
+        self.max_refills = max_refills          # dynamic sampling: extra fresh rounds a step may wait for
         r = cfg.rollout
         self.budget = (r.partial_tokens or max(1, r.max_tokens // 4)) if r.partial else r.max_tokens
         self.submitted = 0                      # fresh rounds submitted so far (one per step)
@@ -86,6 +90,7 @@ class RolloutQueue:
         self.ready: deque[Group] = deque()      # scored, oldest first
         self.rounds: deque[Round] = deque()     # in flight, oldest first
         self.failures: dict[str, int] = {}      # reward failures since the last take
+        self.uniform = 0                        # groups dynamic sampling dropped since the last take
         self.reward_s = 0.0
 
     # --- producing ----------------------------------------------------------------------------------
@@ -171,6 +176,11 @@ class RolloutQueue:
             g.parts = {k: v[j * n:(j + 1) * n] for k, v in batch.parts.items()}
         for k, v in batch.failures.items():
             self.failures[k] = self.failures.get(k, 0) + v
+        if self.cfg.algorithm.dynamic_sampling:        # DAPO: a group of equal rewards has no advantage
+            one_group = torch.zeros(n, dtype=torch.long)
+            informative = [bool(dynamic_sampling_filter(torch.tensor(g.rewards), one_group).all()) for g in groups]
+            self.uniform += informative.count(False)
+            groups = [g for g, keep in zip(groups, informative) if keep]
         self.ready.extend(groups)
         self.reward_s += time.perf_counter() - t0
 
@@ -182,10 +192,14 @@ class RolloutQueue:
         rollout metrics, staleness counted in versions behind the policy being trained (step - 1)."""
         algo, target = self.cfg.algorithm, self.cfg.rollout.prompts_per_step
         t0, self.reward_s = time.perf_counter(), 0.0
-        taken, dropped, extra = [], 0, 0
+        taken, dropped, extra, refills = [], 0, 0, 0
         while len(taken) < target:
             if not self.ready:
                 if not self.rounds:    # waiting on paused sequences: resume them (new prompts only if none)
+                    if not self.paused:
+                        if refills == self.max_refills:
+                            break      # dynamic sampling found too few informative groups: train on these
+                        refills += 1
                     self._submit_round(fresh=not self.paused)
                     extra += 1
                 self._fetch_oldest()
@@ -215,6 +229,7 @@ class RolloutQueue:
                "async/staleness_mean": staleness.float().mean().item(),
                "async/staleness_max": float(staleness.max()),
                "async/dropped_stale_groups": float(dropped), "async/extra_rounds": float(extra),
+               "rollout/dropped_groups": float(self.uniform),
                "async/rounds_ahead": float(self.submitted - step),
                "async/partial_samples_frac": sum(s.rounds > 1 for s in samples) / max(len(samples), 1),
                "async/paused_sequences": float(sum(s.rounds > 0 and s.finish_reason is None
@@ -227,7 +242,7 @@ class RolloutQueue:
             for k, v in g.parts.items():
                 parts.setdefault(k, []).extend(v)
         out.update(reward_metrics(parts, self.failures))
-        self.failures = {}
+        self.failures, self.uniform = {}, 0
         return out
 
     # --- checkpoints ----------------------------------------------------------------------------------

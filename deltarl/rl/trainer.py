@@ -441,7 +441,8 @@ def rollout_queue(cfg, engines, tokenizer, stream, specs, reward_pool, checkpoin
     if cfg.algorithm.max_staleness == 0 and not cfg.rollout.partial:
         return None
     queue = RolloutQueue(cfg, engines, tokenizer, stream,
-                         lambda rows, completions: score(cfg, tokenizer, rows, completions, specs, reward_pool)[1])
+                         lambda rows, completions: score(cfg, tokenizer, rows, completions, specs, reward_pool)[1],
+                         max_refills=MAX_SAMPLING_ROUNDS - 1)
     if checkpoint is not None:
         queue.load_state_dict(ckpt.load_rollout_queue(checkpoint))
     return queue
