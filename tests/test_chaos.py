@@ -150,14 +150,16 @@ def test_an_async_run_survives_an_engine_and_a_learner_rank_being_killed(tmp_pat
     within the staleness bound plus the rounds a paused sequence spans."""
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(10**6)))
     print(f"chaos seed {seed} (CHAOS_SEED={seed} repeats the kill times)")
-    args = [*CHAOS, "run.steps=12", "algorithm.max_staleness=1", "rollout.partial=true", "rollout.partial_tokens=2"]
-    code, log, kills = run_with_killer(args, tmp_path / "chaos", ["RolloutWorker", "LearnerWorker"], seed)
+    steps = 40          # long enough for both kills and their recoveries on a fast or a slow machine
+    args = [*CHAOS, f"run.steps={steps}", "algorithm.max_staleness=1", "rollout.partial=true", "rollout.partial_tokens=2"]
+    code, log, kills = run_with_killer(args, tmp_path / "chaos", ["RolloutWorker", "LearnerWorker"], seed,
+                                       gap_s=(0.1, 0.5))
     print("kills:", kills)
     assert code == 0, log[-4000:]
     assert [actor for actor, _ in kills] == ["RolloutWorker", "LearnerWorker"], f"the run ended first: {kills}"
     run_dir = next((tmp_path / "chaos").glob("*/metrics.jsonl")).parent
     records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
-    assert sorted(records) == list(range(1, 13)), f"steps logged more or less than once: {records}"
+    assert sorted(records) == list(range(1, steps + 1)), f"steps logged more or less than once: {records}"
     events = {json.loads(line)["event"] for line in (run_dir / "events.jsonl").open()}
     assert events >= {"engine_restart", "learner_restart"}, events
     steps = metrics_by_step(run_dir)
