@@ -166,10 +166,7 @@ class RolloutQueue:
         if not groups:
             return
         t0 = time.perf_counter()
-        rows = [g.row for g in groups]
-        completions = [Completion(j, s.sample, s.tokens, s.logprobs, s.finish_reason)
-                       for j, g in enumerate(groups) for s in g.sequences]
-        batch = self.score(rows, completions)
+        batch = self.score([g.row for g in groups], _completions(groups))
         n = self.cfg.rollout.n
         for j, g in enumerate(groups):
             g.rewards = batch.totals[j * n:(j + 1) * n]
@@ -216,9 +213,7 @@ class RolloutQueue:
         return batch, rewards
 
     def _batch(self, groups: list[Group]):
-        completions = [Completion(j, s.sample, s.tokens, s.logprobs, s.finish_reason)
-                       for j, g in enumerate(groups) for s in g.sequences]
-        batch = batch_from_completions([g.prompt_ids for g in groups], completions)
+        batch = batch_from_completions([g.prompt_ids for g in groups], _completions(groups))
         return batch, torch.tensor([x for g in groups for x in g.rewards])
 
     def _metrics(self, groups, step, waited, dropped, extra) -> dict:
@@ -268,3 +263,9 @@ class RolloutQueue:
         self.groups, self.ready, self.failures = state["groups"], deque(state["ready"]), state["failures"]
         self.paused = [self.groups[g].sequences[j] for g, j in state["paused"]]
         self.rounds.clear()
+
+
+def _completions(groups: list[Group]) -> list[Completion]:
+    """The groups' sequences as engine completions, group j as prompt j (for scoring and the batch)."""
+    return [Completion(j, s.sample, s.tokens, s.logprobs, s.finish_reason)
+            for j, g in enumerate(groups) for s in g.sequences]

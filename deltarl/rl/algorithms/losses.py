@@ -23,9 +23,8 @@ from __future__ import annotations
 import torch
 
 from .aggregation import aggregate, as_bool_mask, masked_mean
-from .off_policy import importance_weights, mismatch_stats
+from .off_policy import LOG_RATIO_LIMIT, importance_weights, mismatch_stats
 
-LOG_RATIO_LIMIT = 20.0   # exp(20) ~ 5e8: finite in float32, far beyond any clip range
 
 
 def _masked_log_ratio(numerator: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,10 +45,7 @@ def _masked_max_nonneg(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
                 tis_cap: float) -> torch.Tensor:
     """Truncated importance weights [B, T]: min(exp(old - rollout), tis_cap), detached, 1 at padding."""
-    if tis_cap <= 0:
-        raise ValueError(f"tis_cap must be > 0, got {tis_cap}")
-    log_w = _masked_log_ratio(old_logprobs.detach(), rollout_logprobs.detach(), as_bool_mask(mask))
-    return log_w.exp().clamp(max=tis_cap)
+    return importance_weights(old_logprobs, rollout_logprobs, mask, "tis", tis_cap)[0]
 
 
 def _check_inputs(mask, clip_low, clip_high, tis_cap, **tensors) -> None:

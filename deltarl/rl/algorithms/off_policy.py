@@ -19,7 +19,7 @@ import torch
 from .aggregation import as_bool_mask
 
 IS_CORRECTIONS = ("tis", "mask_token", "mask_sequence", "none")
-LOG_RATIO_LIMIT = 20.0
+LOG_RATIO_LIMIT = 20.0   # exp(20) ~ 5e8: finite in float32, far beyond any clip range
 
 
 def log_ratios(proximal: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
