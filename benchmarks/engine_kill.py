@@ -47,6 +47,9 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--kill-after", type=int, default=10)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop the run with SIGINT (it checkpoints and exits) after this many seconds, "
+                             "so a slow machine still gets a report of the steps it made")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = Path(args.out)
@@ -57,7 +60,12 @@ def main():
     with open(out / "run.log", "w") as log:
         run = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed, kill_time, step_at_kill = [], None, None
+    deadline, interrupted = time.time() + (args.budget_s or float("inf")), False
     while run.poll() is None:
+        if not interrupted and time.time() > deadline:
+            print(f"budget of {args.budget_s:.0f} s spent: stopping the run with SIGINT", flush=True)
+            run.send_signal(signal.SIGINT)           # the driver checkpoints and shuts Ray down
+            interrupted = True
         run_dirs = list(runs.glob("*/metrics.jsonl"))
         logged = records(run_dirs[0].parent, "metrics.jsonl") if run_dirs else []
         if not killed and len([r for r in logged if r["step"] > 0]) >= args.kill_after:
@@ -86,7 +94,9 @@ def main():
              f"| `{args.config}` {' '.join(args.overrides)} | {code} | {len(steps)} of {args.steps} "
              f"({'yes' if steps == list(range(1, args.steps + 1)) else 'no'}) | {step_at_kill} | {len(killed)} | "
              f"{hit['step'] if hit else '-'} | {hit['time/step_s']:.2f} | {median:.2f} | "
-             f"{hit['time/step_s'] - median:.2f} |" if hit else "| (no kill happened) |", "",
+             f"{hit['time/step_s'] - median:.2f} |" if hit else "| (no step completed after a kill) |", "",
+             *([f"The run was stopped by SIGINT when the {args.budget_s:.0f} s budget was spent.", ""]
+               if interrupted else []),
              "Events the run recorded (`events.jsonl`):", ""]
     lines += [f"- {e['event']}: {e['message']}" for e in events] or ["- none"]
     lines += ["", "Processes killed (pid, title): " + "; ".join(killed),

@@ -1,7 +1,7 @@
 #!/bin/sh
 # One GPU session for MoBA (issue 22) and fault tolerance (issue 24); needs the core+vllm gpu-kit in /tmp/site.
 #   sh benchmarks/gpu_faults_moba_session.sh moba SIZES    # FlexAttention check + benchmarks/moba.py at SIZES
-#   sh benchmarks/gpu_faults_moba_session.sh kill          # gpu_single.yaml with its vLLM engine killed at step 10
+#   sh benchmarks/gpu_faults_moba_session.sh kill          # gpu_single.yaml, 20 steps, its vLLM engine killed after step 6
 set -x
 export PYTHONPATH=/tmp/site:.
 case "$1" in
@@ -16,7 +16,9 @@ moba)
 kill)
   mkdir -p $OUT/kill
   WARM=checkpoints/arithmetic-warmup-vllm
-  timeout 560 python3 benchmarks/engine_kill.py --steps 30 --kill-after 10 --out $OUT/kill model.path=$WARM \
+  # Triton keeps autotune results on disk, so the replacement engine does not redo the first one's ~2 min
+  export TRITON_CACHE_AUTOTUNING=1
+  timeout 570 python3 benchmarks/engine_kill.py --budget-s ${BUDGET_S:-500} --steps ${STEPS:-20} --kill-after ${KILL_AFTER:-6} --out $OUT/kill model.path=$WARM \
     tokenizer=$WARM rollout.enforce_eager=true
   echo "engine_kill rc=$?"
   tail -5 $OUT/kill/run.log
