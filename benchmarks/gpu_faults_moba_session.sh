@@ -1,6 +1,7 @@
 #!/bin/sh
 # One GPU session for MoBA (issue 22) and fault tolerance (issue 24); needs the core+vllm gpu-kit in /tmp/site.
 #   sh benchmarks/gpu_faults_moba_session.sh moba SIZES    # FlexAttention check + benchmarks/moba.py at SIZES
+#   sh benchmarks/gpu_faults_moba_session.sh moba-profile moba-512x8@131072 ...   # kernel profiles (--profile)
 #   sh benchmarks/gpu_faults_moba_session.sh kill          # gpu_single.yaml, 20 steps, its vLLM engine killed after step 6
 set -x
 export PYTHONPATH=/tmp/site:.
@@ -12,6 +13,13 @@ moba)
   echo "gpu test rc=$?"; tail -3 $OUT/moba/gpu_test.log
   timeout ${MOBA_TIMEOUT:-380} python3 benchmarks/moba.py --out $OUT/moba --sizes ${2:-32768,131072} > $OUT/moba/moba.log 2>&1
   echo "moba rc=$?"; tail -30 $OUT/moba/moba.log
+  ;;
+moba-profile)
+  mkdir -p $OUT/moba
+  shift
+  for item in "$@"; do set -- "$@" --profile "$item"; shift; done
+  timeout ${MOBA_TIMEOUT:-380} python3 benchmarks/moba.py --out $OUT/moba "$@" > $OUT/moba/profile.log 2>&1
+  echo "moba profile rc=$?"; tail -60 $OUT/moba/profile.log
   ;;
 kill)
   mkdir -p $OUT/kill

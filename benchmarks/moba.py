@@ -3,6 +3,7 @@ kv_lora_rank 512, qk 128 + 64, v 128), bf16, on the GPU.
 
     PYTHONPATH=. python3 benchmarks/moba.py [--out DIR] [--sizes 32768,131072,524288] [--variants ...]
     PYTHONPATH=. python3 benchmarks/moba.py --cpu-smoke
+    PYTHONPATH=. python3 benchmarks/moba.py --profile moba-512x8@131072 [--out DIR]   # where the time goes
 
 First a correctness check on small shapes: FlexAttention's two ways (compiled, bf16) forward and
 backward against the masked path (`padded_moba_attention`) on the same device, and a small all-MLA MoBA
@@ -167,7 +168,7 @@ def measure(name, T, device, dtype, tiny, reps):
     layer = KimiMLAAttention(config, LAYER).to(device=device, dtype=dtype)
     impl = "gathered" if moba is None else moba[2]
     mla_module.moba_attention = functools.partial(moba_attention, impl=impl)     # the variant's way
-    results = []
+    results, peaks = [], []
     for timer in (lambda: time_forward_backward(layer, T, device, dtype, reps),
                   lambda: time_decode(layer, config, T, device, dtype)):
         if device == "cuda":
@@ -177,14 +178,41 @@ def measure(name, T, device, dtype, tiny, reps):
             results.append(timer())
         except torch.cuda.OutOfMemoryError:
             results.append("OOM")
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return (*results, peak)
+        peaks.append(torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"))
+    return (*results, peaks[0])            # the peak of forward+backward, the memory training needs
+
+
+def profile(variant, T, path):
+    """The CUDA kernels of one forward+backward of `variant` at T tokens, by total GPU time, beside the
+    step's wall time: where the time goes, and how much of the step no kernel covers (launches, host
+    syncs, Python)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    moba = VARIANTS[variant]
+    layer = KimiMLAAttention(layer_config(moba, tiny=False), LAYER).to(device="cuda", dtype=torch.bfloat16)
+    mla_module.moba_attention = functools.partial(moba_attention, impl="gathered" if moba is None else moba[2])
+    wall = time_forward_backward(layer, T, "cuda", torch.bfloat16, reps=2)      # compiles, then times
+    x = torch.randn(1, T, layer.q_proj.in_features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu = torch.tensor([0, T], dtype=torch.int32, device="cuda")
+    layout = TokenLayout(cu_seqlens=cu, seq_idx=seq_idx_from_cu_seqlens(cu, T))
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        layer(x, layout).backward(torch.randn_like(x))
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    gpu_total = sum(e.self_device_time_total for e in events) / 1e3
+    lines = [f"# {variant} at {T:,} tokens, forward+backward ({torch.cuda.get_device_name()})", "",
+             f"wall {wall * 1e3:.1f} ms (median of 2); kernels {gpu_total:.1f} ms in all", "",
+             events.table(sort_by="self_device_time_total", row_limit=40)]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
 
 
 def table(rows):
     """Markdown rows: ms and the ratio dense / variant (how many times faster) per size."""
     dense = {r[0]: r for r in rows if r[1] == "dense"}
-    out = ["| tokens | variant | fwd+bwd ms | speed-up vs dense | decode step ms | speed-up vs dense | peak GiB |",
+    out = ["| tokens | variant | fwd+bwd ms | speed-up vs dense | decode step ms | speed-up vs dense | fwd+bwd peak GiB |",
            "|---:|---|---:|---:|---:|---:|---:|"]
 
     def ms(x):
@@ -206,7 +234,15 @@ def main():
     parser.add_argument("--sizes", default="32768,131072,524288")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--cpu-smoke", action="store_true")
+    parser.add_argument("--profile", metavar="VARIANT@TOKENS", action="append", default=[],
+                        help="instead of the table: a kernel profile of one forward+backward, e.g. moba-512x8@131072")
     args = parser.parse_args()
+    if args.profile:
+        for item in args.profile:
+            variant, T = item.split("@")
+            name = torch.cuda.get_device_name().replace(" ", "_")
+            profile(variant, int(T), os.path.join(args.out, f"moba_profile_{variant}_{T}_{name}.txt"))
+        return
     smoke = args.cpu_smoke
     device = "cpu" if smoke else "cuda"
     name = "cpu-smoke" if smoke else torch.cuda.get_device_name()
