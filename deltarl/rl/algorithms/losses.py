@@ -20,10 +20,12 @@ neither the loss nor the gradient.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .aggregation import aggregate, as_bool_mask, masked_mean
-from .off_policy import LOG_RATIO_LIMIT, importance_weights, mismatch_stats
+from .off_policy import LOG_RATIO_LIMIT, importance_weights, log_ratios, mismatch_stats
 
 
 
@@ -110,8 +112,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         if rollout_logprobs is not None:
             stats.update(mismatch_stats(old_logprobs, rollout_logprobs, mask))
         if weights is not None:
-            log_w = _masked_log_ratio(old_logprobs, rollout_logprobs, mask)
+            above_cap = log_ratios(old_logprobs, rollout_logprobs, mask) > math.log(tis_cap)
             stats["tis_weight_mean"] = masked_mean(weights, mask)
-            stats["tis_capped_frac"] = masked_mean((log_w.exp() > tis_cap).float(), mask)
+            stats["tis_capped_frac"] = masked_mean(above_cap.float(), mask)
             stats["is_masked_frac"] = masked_mean((mask & ~kept).float(), mask)
     return loss, {k: v.detach().float() for k, v in stats.items()}
