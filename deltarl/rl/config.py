@@ -123,6 +123,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = -1             # -1: off
     max_tokens: int = 64        # response tokens per sample
+    ignore_eos: bool = False    # decode max_tokens whatever the model emits (fixed work per sample: benchmarks)
     max_batch_size: int = 64    # sequences decoded at once per worker
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False

@@ -94,6 +94,8 @@ class Learner:
         maxima are the largest over the step's updates."""
         self.model.train()
         algo = self.algo
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         owner = assign_ranks(batch, self._rank_world()[1])                     # [B] each sample's rank
         if algo.ppo_epochs * algo.mini_batches > 1:
             batch.old_logprobs = self._logprobs(self.model, batch, owner)      # this rank's rows, 0 elsewhere
@@ -108,6 +110,8 @@ class Learner:
                 updates += 1
         metrics = {k: v if k in MAX_METRICS else v / updates for k, v in totals.items()}
         metrics.update({"actor/lr": self.scheduler.get_last_lr()[0], "actor/updates": float(updates)})
+        if torch.cuda.is_available():           # this rank's GPU memory high-water mark in the step
+            metrics["perf/learner_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
 
     def _rank_world(self) -> tuple[int, int]:
@@ -342,7 +346,8 @@ class Learner:
 _DS_TAG = "learner"
 _SUMMED_STATS = ("pg_loss", "kl")       # parts of the step's loss: the step's value is their sum
 _MAX_STATS = ("ratio_max", "rollout_probs_diff_max")
-MAX_METRICS = tuple(f"actor/{k}" for k in _MAX_STATS)     # a step's (and a group's) value is the largest
+MAX_METRICS = (*(f"actor/{k}" for k in _MAX_STATS),      # a step's (and a group's) value is the largest
+               "perf/learner_peak_gib")
 SAME_METRICS = ("actor/grad_norm", "actor/lr", "actor/updates", "actor/micro_batches")  # equal on all ranks
 
 

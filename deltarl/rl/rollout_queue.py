@@ -117,14 +117,15 @@ class RolloutQueue:
                                          [Sequence(gid, j) for j in range(r.n)])
                 fresh_groups.append(gid)
             params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                    max_tokens=min(self.budget, r.max_tokens), seed=self._seed(self.submitted))
+                                    max_tokens=min(self.budget, r.max_tokens), ignore_eos=r.ignore_eos,
+                                    seed=self._seed(self.submitted))
             pending = self.engines.submit([self.groups[g].prompt_ids for g in fresh_groups], params)
         resumed, paused = None, self.paused
         if paused:
             prompts = [self.groups[s.group].prompt_ids + s.tokens for s in paused]          # prompt + prefix
             resumed = self.engines.submit(prompts, SamplingParams(
                 n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=self.budget,
-                seed=self._seed(self.resumes) + RESUME_SEED_OFFSET))
+                ignore_eos=r.ignore_eos, seed=self._seed(self.resumes) + RESUME_SEED_OFFSET))
         self.paused = []
         self.rounds.append(Round(self.submitted, pending, fresh_groups, resumed, paused))
 

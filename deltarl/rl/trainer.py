@@ -257,7 +257,7 @@ def collect(cfg, engines, tokenizer, stream, specs, step, metrics, reward_pool=N
     used (a surplus is dropped, its prompts stay consumed). Returns (rollout batch, rewards tensor)."""
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_tokens=cfg.rollout.max_tokens,
-                            seed=cfg.run.seed * 1_000_003 + step)
+                            ignore_eos=cfg.rollout.ignore_eos, seed=cfg.run.seed * 1_000_003 + step)
     kept_batches, kept_rewards, kept_rows, parts, failures = [], [], [], {}, {}
     target, kept_groups, rounds, dropped = cfg.rollout.prompts_per_step, 0, 0, 0
     t_gen = t_reward = cpu_reward = 0.0
