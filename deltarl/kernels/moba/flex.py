@@ -104,9 +104,11 @@ def _gathered(q, k, v, layout, chosen, scale, attend):
 
     picks = chosen.permute(1, 0, 2).reshape(H, T * slots)          # [H, R]: row t * slots + s, -1 empty
     order = torch.argsort(torch.where(picks >= 0, picks, G), dim=1, stable=True)    # rows by block
+    unsort = torch.argsort(order, dim=1)                                             # its inverse
     row_block = picks.gather(1, order)                                               # [H, R]
-    row_query = order // slots                                                       # [H, R]
-    q_rows = q[0].gather(1, row_query[..., None].expand(H, T * slots, q.shape[3]))[None]   # [1, H, R, Dk]
+    # a copy of q per slot, [1, H, T, Dk] -> [H, T * slots, Dk] (row t * slots + s), sorted by block
+    q_copies = q[0, :, :, None].expand(H, T, slots, q.shape[3]).reshape(H, T * slots, q.shape[3])
+    q_rows = PermuteRows.apply(q_copies, order, unsort)[None]                        # [1, H, R, Dk]
 
     def picked_block(b, h, q_idx, kv_idx):
         return block[kv_idx] == row_block[h, q_idx]
@@ -115,10 +117,25 @@ def _gathered(q, k, v, layout, chosen, scale, attend):
                        PICK_TILE)
     o_rows, lse_rows = attend(q_rows, k, v, picked_block, pick_tiles, scale)        # [1, H, R, Dv], [1, H, R]
     # back to query order: [1, H, R, ...] -> [1, H, T, slots, ...]
-    unsort = torch.argsort(order, dim=1)
-    o_picks = o_rows[0].gather(1, unsort[..., None].expand_as(o_rows[0])).view(H, T, slots, -1)[None]
-    lse_picks = lse_rows[0].gather(1, unsort).view(H, T, slots)[None]
+    o_picks = PermuteRows.apply(o_rows[0], unsort, order).view(H, T, slots, -1)[None]
+    lse_picks = PermuteRows.apply(lse_rows[0][..., None], unsort, order).view(H, T, slots)[None]
     return _merge(o_own, lse_own, o_picks, lse_picks)
+
+
+class PermuteRows(torch.autograd.Function):
+    """x [H, R, D] -> x[h, perm[h, r]] for a permutation perm [H, R] of the rows, with its inverse given.
+    torch.gather's backward scatter-adds (atomic adds, slow for the gigabytes of q and o copies the
+    gathered way moves); a permutation's backward is the gather by its inverse."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inverse):
+        ctx.save_for_backward(inverse)
+        return x.gather(1, perm[..., None].expand_as(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, = ctx.saved_tensors
+        return grad.gather(1, inverse[..., None].expand_as(grad)), None, None
 
 
 def _merge(o_own, lse_own, o_picks, lse_picks):
