@@ -147,11 +147,13 @@ def test_dense_attend_refuses_a_visible_pair_outside_the_tiles():
         dense_attend(q, k, v, causal, Tiles([full & ~torch.eye(2, dtype=torch.bool)], TILE), 1.0)
 
 
-def test_permute_rows_gradient_is_the_inverse_gather():
-    """The gathered way moves q and o copies with PermuteRows (backward: a gather, no scatter-add)."""
+@pytest.mark.parametrize("copies", [1, 3])
+def test_permute_rows_equals_gather_with_gradients(copies):
+    """The gathered way moves q copies and o rows with PermuteRows (backward: a gather, no scatter-add)."""
     from deltarl.kernels.moba.flex import PermuteRows
-    x = torch.randn(3, 17, 5, dtype=torch.float64, requires_grad=True)
-    perm = torch.stack([torch.randperm(17) for _ in range(3)])                       # [H, R]
+    x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    perm = torch.stack([torch.randperm(7 * copies) for _ in range(2)])                   # [H, R]
     inverse = torch.argsort(perm, dim=1)
-    assert torch.equal(PermuteRows.apply(x, perm, inverse), x.gather(1, perm[..., None].expand_as(x)))
-    assert torch.autograd.gradcheck(lambda t: PermuteRows.apply(t, perm, inverse), (x,))
+    by_gather = x.gather(1, (perm // copies)[..., None].expand(2, 7 * copies, 5))
+    assert torch.equal(PermuteRows.apply(x, perm, inverse, copies), by_gather)
+    assert torch.autograd.gradcheck(lambda t: PermuteRows.apply(t, perm, inverse, copies), (x,))

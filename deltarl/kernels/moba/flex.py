@@ -106,9 +106,7 @@ def _gathered(q, k, v, layout, chosen, scale, attend):
     order = torch.argsort(torch.where(picks >= 0, picks, G), dim=1, stable=True)    # rows by block
     unsort = torch.argsort(order, dim=1)                                             # its inverse
     row_block = picks.gather(1, order)                                               # [H, R]
-    # a copy of q per slot, [1, H, T, Dk] -> [H, T * slots, Dk] (row t * slots + s), sorted by block
-    q_copies = q[0, :, :, None].expand(H, T, slots, q.shape[3]).reshape(H, T * slots, q.shape[3])
-    q_rows = PermuteRows.apply(q_copies, order, unsort)[None]                        # [1, H, R, Dk]
+    q_rows = PermuteRows.apply(q[0], order, unsort, slots)[None]      # [1, H, R, Dk]: a q copy per pick
 
     def picked_block(b, h, q_idx, kv_idx):
         return block[kv_idx] == row_block[h, q_idx]
@@ -123,19 +121,24 @@ def _gathered(q, k, v, layout, chosen, scale, attend):
 
 
 class PermuteRows(torch.autograd.Function):
-    """x [H, R, D] -> x[h, perm[h, r]] for a permutation perm [H, R] of the rows, with its inverse given.
+    """Rows of x [H, N, D] in the order perm [H, R], a permutation of the R = N * copies rows of
+    `copies` copies of each row (row n * copies + c is copy c of row n): out[h, r] = x[h, perm[h, r] // copies].
     torch.gather's backward scatter-adds (atomic adds, slow for the gigabytes of q and o copies the
-    gathered way moves); a permutation's backward is the gather by its inverse."""
+    gathered way moves); this backward gathers by the inverse permutation and adds each row's copies."""
 
     @staticmethod
-    def forward(ctx, x, perm, inverse):
+    def forward(ctx, x, perm, inverse, copies=1):
         ctx.save_for_backward(inverse)
-        return x.gather(1, perm[..., None].expand_as(x))
+        ctx.copies = copies
+        source = perm // copies if copies > 1 else perm
+        return x.gather(1, source[..., None].expand(*perm.shape, x.shape[2]))
 
     @staticmethod
     def backward(ctx, grad):
         inverse, = ctx.saved_tensors
-        return grad.gather(1, inverse[..., None].expand_as(grad)), None, None
+        H, R, D = grad.shape
+        in_order = grad.gather(1, inverse[..., None].expand_as(grad))                  # [H, R, D], row n * copies + c
+        return in_order.view(H, R // ctx.copies, ctx.copies, D).sum(2), None, None, None
 
 
 def _merge(o_own, lse_own, o_picks, lse_picks):
