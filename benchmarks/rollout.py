@@ -9,6 +9,11 @@ steps with all B sequences decoding. One untimed run of each cell goes first, so
 autotuned on first use of a shape do not land in t(D1). Cells that do not fit in memory, or come after the time budget, are
 reported as such. Writes benchmarks/results/rollout_<device>.md.
 
+Beside tokens/s, each cell's milliseconds per decode step (B / tokens/s) against its bytes-per-step floor:
+a step must at least read the weights once, and per sequence read and write every KDA state and read
+every MLA latent (at the context L + D/2, the timed window's middle), at the copy bandwidth measured on the
+same GPU (`copy_bandwidth`). A cell far above its floor spends its time elsewhere than moving its state.
+
     PYTHONPATH=/tmp/site:. python3 benchmarks/rollout.py [--budget-s 300] [--models hybrid,mla]
         [--engines vllm,embedded] [--embedded-cells 64x4096,256x4096,64x32768]
 
@@ -61,6 +66,26 @@ def bench_config(all_mla: bool):
     return tiny_config(vocab_size=128, hidden_size=1024, num_layers=8, num_heads=8, kda_head_dim=128, mla_heads=8,
                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                        intermediate_size=2816, kda_every=1 if all_mla else 4, eos_token_id=2, pad_token_id=0)
+
+
+def step_floor_bytes(config, params: int, batch: int, context: int) -> int:
+    """Bytes a decode step must move at least: bf16 weights read once, and per sequence every KDA state
+    read and written and every MLA latent read (`cache_bytes_per_sequence` at `context`)."""
+    cache = cache_bytes_per_sequence(config, context, torch.bfloat16)
+    return 2 * params + batch * (2 * cache["kda"] + cache["mla"])
+
+
+def copy_bandwidth(gib: float = 2.0, reps: int = 10) -> float:
+    """Device memory bandwidth in bytes/s of a large copy (bytes read + bytes written over the time)."""
+    x = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * reps / (time.perf_counter() - t0)
 
 
 def random_prompts(batch, length, seed=0):
@@ -120,6 +145,15 @@ def fmt(value):
     return f"{value:,.0f}" if isinstance(value, float) else value
 
 
+def step_ms(batch, tokens_per_s):
+    """Milliseconds per decode step of a cell measured at `tokens_per_s` (None when not a number)."""
+    return batch / tokens_per_s * 1e3 if isinstance(tokens_per_s, float) else None
+
+
+def fmt_ms(ms):
+    return "" if ms is None else f"{ms:.2f}"
+
+
 MODELS = {"hybrid": ("hybrid (6 KDA + 2 MLA)", False), "mla": ("all-MLA (8 MLA)", True)}
 ENGINES = ("vllm", "embedded")
 
@@ -144,6 +178,7 @@ def run_model(key, args, tmp, model_results, save):
     for batch, length in CELLS:
         entry = cells.setdefault(f"{batch}x{length}", {})
         entry["cache_mib"] = cache_bytes_per_sequence(model.config, length, torch.bfloat16)["total"] / 2**20
+        entry["floor_bytes"] = step_floor_bytes(model.config, int(params * 1e6), batch, length + DECODE_TOKENS // 2)
     engines = args.engines.split(",")
     if "vllm" in engines:
         path = Path(tmp) / key
@@ -190,20 +225,29 @@ def write_tables(results, device, slug):
     (ROOT / "benchmarks" / "results" / f"rollout_{slug}.json").write_text(json.dumps(results, indent=1))
     rows = []
     notes = results.get("notes", [])          # free text kept with the values (how a number came about)
+    bandwidth = results.get("copy_bandwidth")  # bytes/s
     for key in MODELS:
         for cell, entry in results.get(key, {}).get("cells", {}).items():
             batch, length = (int(x) for x in cell.split("x"))
+            floor_ms = entry["floor_bytes"] / bandwidth * 1e3 if bandwidth and "floor_bytes" in entry else None
+            steps = [step_ms(batch, entry.get(engine)) for engine in ENGINES]
+            over = [f"{ms / floor_ms:.1f}x" if ms and floor_ms else "" for ms in steps]
             rows.append(f"| {results[key]['name']} | {batch} | {length:,} | {fmt(entry.get('vllm', 'not run'))} "
-                        f"| {fmt(entry.get('embedded', 'not run'))} | {entry['cache_mib']:,.1f} MiB |")
+                        f"| {fmt(entry.get('embedded', 'not run'))} | {fmt_ms(steps[0])} | {fmt_ms(steps[1])} "
+                        f"| {fmt_ms(floor_ms)} | {over[0]} | {over[1]} | {entry['cache_mib']:,.1f} MiB |")
     text = "\n".join([
         f"# Rollout decode throughput, hybrid vs all-MLA ({device})", "",
         f"bf16, greedy; tokens/s of {DECODE_TOKENS} decode steps with the whole batch decoding (after every "
         "sequence's prefill, after one untimed run of the cell), random prompts of the given context. Cache per "
         "sequence is the analytic size of the KDA states + MLA latents at that context "
         "(`model.cache_bytes_per_sequence`). 'pending': the run ended before that cell; 'not run': no call "
-        "has measured it on this device yet.", "",
-        "| model | batch | context | vLLM tokens/s | embedded tokens/s | cache per sequence |",
-        "|---|---:|---:|---:|---:|---:|", *rows, *([""] + notes if notes else [])]) + "\n"
+        "has measured it on this device yet. ms/step = batch / tokens/s; floor = the bytes a step must move "
+        "(bf16 weights once; per sequence the KDA states read and written, the MLA latents read, at context + "
+        f"{DECODE_TOKENS // 2}) at the measured copy bandwidth"
+        + (f" ({bandwidth / 1e12:.2f} TB/s)." if bandwidth else " (not measured on this device yet)."), "",
+        "| model | batch | context | vLLM tokens/s | embedded tokens/s | vLLM ms/step | embedded ms/step "
+        "| floor ms/step | vLLM / floor | embedded / floor | cache per sequence |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, *([""] + notes if notes else [])]) + "\n"
     (ROOT / "benchmarks" / "results" / f"rollout_{slug}.md").write_text(text)
     return text
 
@@ -227,6 +271,8 @@ def main():
     slug = device.replace(" ", "_")
     results_file = ROOT / "benchmarks" / "results" / f"rollout_{slug}.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results["copy_bandwidth"] = copy_bandwidth()
+    print(f"copy bandwidth: {results['copy_bandwidth'] / 1e12:.2f} TB/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
             run_model(key, args, tmp, results.setdefault(key, {}), lambda: write_tables(results, device, slug))
