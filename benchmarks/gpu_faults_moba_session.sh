@@ -25,10 +25,11 @@ kill)
   mkdir -p $OUT/kill
   WARM=checkpoints/arithmetic-warmup-vllm
   # Triton keeps autotune results on disk, so the replacement engine does not redo the first one's ~2 min
-  export TRITON_CACHE_AUTOTUNING=1
+  . benchmarks/gpu_cache.sh restore
   timeout 570 python3 benchmarks/engine_kill.py --budget-s ${BUDGET_S:-500} --steps ${STEPS:-20} --kill-after ${KILL_AFTER:-6} --out $OUT/kill model.path=$WARM \
     tokenizer=$WARM rollout.enforce_eager=true
   echo "engine_kill rc=$?"
   tail -5 $OUT/kill/run.log
+  sh benchmarks/gpu_cache.sh save
   ;;
 esac
