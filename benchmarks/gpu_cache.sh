@@ -1,14 +1,13 @@
 #!/bin/sh
 # Compile and autotune caches carried between device machines, so a fresh machine's first vLLM start and
 # first generate do not redo Triton autotuning and torch.compile (issue 21: start-up time).
-#   . benchmarks/gpu_cache.sh restore   # at a call's start: unpack .gpucache/compile-caches.tar.xz (if carried)
+#   sh benchmarks/gpu_cache.sh restore  # at a call's start: unpack .gpucache/compile-caches.tar.xz (if carried)
 #   sh benchmarks/gpu_cache.sh save     # at its end: pack the caches into $OUT (one file, at most 16 MiB)
 # Between calls: copy the returned compile-caches.tar.xz into .gpucache/ here and pass carry [".gpucache"].
-# Triton keeps autotune results on disk only with TRITON_CACHE_AUTOTUNING=1 (sourcing `restore` sets it).
+# Triton keeps autotune results on disk only with TRITON_CACHE_AUTOTUNING=1: export it in the calling script.
 CACHES=".triton/cache .cache/vllm/torch_compile_cache"
 case "$1" in
 restore)
-  export TRITON_CACHE_AUTOTUNING=1
   if [ -f .gpucache/compile-caches.tar.xz ]; then
     tar -xJf .gpucache/compile-caches.tar.xz -C "$HOME" && echo "gpu_cache: restored $(du -sh .gpucache/compile-caches.tar.xz | cut -f1)"
   else

@@ -25,7 +25,8 @@ kill)
   mkdir -p $OUT/kill
   WARM=checkpoints/arithmetic-warmup-vllm
   # Triton keeps autotune results on disk, so the replacement engine does not redo the first one's ~2 min
-  . benchmarks/gpu_cache.sh restore
+  export TRITON_CACHE_AUTOTUNING=1
+  sh benchmarks/gpu_cache.sh restore
   timeout 570 python3 benchmarks/engine_kill.py --budget-s ${BUDGET_S:-500} --steps ${STEPS:-20} --kill-after ${KILL_AFTER:-6} --out $OUT/kill model.path=$WARM \
     tokenizer=$WARM rollout.enforce_eager=true
   echo "engine_kill rc=$?"
