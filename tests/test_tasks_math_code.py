@@ -96,7 +96,9 @@ CONFIG_CASES = [("reward.num_workers=-1", "reward.num_workers: must be >= 0"),
                 ("reward.cpus_per_worker=-0.5", "reward.cpus_per_worker: must be >= 0"),
                 ("reward.chunk_size=0", "reward.chunk_size: must be >= 1"),
                 ("reward.num_worker=2", "did you mean 'reward.num_workers'"),
-                ("data.task=math", "data.task: 'math' is not one of")]
+                ("data.task=math", "data.task: 'math' is not one of"),
+                ("data.extra_train=[{size: 0}]", "data.extra_train[0].size: must be >= 1"),
+                ("data.extra_train=[{difficulty: 0}]", "data.extra_train[0].difficulty: must be >= 1")]
 
 
 @pytest.mark.parametrize("override, message", CONFIG_CASES)
@@ -112,3 +114,21 @@ def test_the_task_configs_load(name):
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / f"{name}.yaml", check_files=name.endswith("cpu"))
     assert cfg.reward.num_workers >= 1 and cfg.data.task in ("math_word", "code_io")
+
+
+def test_extra_train_rows_add_other_options_and_never_a_held_out_prompt():
+    from deltarl.rl import warmup
+    from deltarl.rl.trainer import load_rows
+    overrides = ["data.task=math_word", "data.train_size=300", "data.eval_size=200", "data.eval_seed=1234",
+                 "data.extra_train=[{size: 200, difficulty: 6, task_options: {kinds: [units]}}]"]
+    train, held_out = load_rows(load_config(None, overrides), tokenizer=None)
+    seen = {r["prompt"] for r in held_out}
+    units = [r for r in train if r["kind"] == "units"]
+    assert units and all(r["difficulty"] == 6 for r in units) and not seen & {r["prompt"] for r in train}
+    assert held_out == make_task("math_word", 200, seed=1234)           # the held-out set is unchanged
+    args = warmup.parse_args(["--out", "x", "--task", "math_word", "--difficulty", "1", "--extra-train",
+                              '{"n": 200, "difficulty": 6, "kinds": ["units"]}'])
+    rows = warmup.train_rows(args, 300, exclude=seen)
+    assert [r["prompt"] for r in rows if r["kind"] == "units"] and not seen & {r["prompt"] for r in rows}
+    assert warmup.rl_config(args, "x", 31)["data.extra_train"] == [
+        {"size": 200, "difficulty": 6, "task_options": {"kinds": ["units"]}}]

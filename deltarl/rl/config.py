@@ -98,6 +98,14 @@ class ModelSection:
 
 
 @dataclass
+class ExtraTrain:
+    """More training rows of the built-in task from other options (the held-out set is unchanged)."""
+    size: int = 1000                  # rows generated (held-out prompts are then removed)
+    difficulty: int = 1
+    task_options: dict = field(default_factory=dict)
+
+
+@dataclass
 class DataSection:
     task: str | None = "arithmetic"   # a built-in task, or None to read `path`
     path: str | None = None           # JSONL / JSON / Parquet file or HF datasets folder
@@ -107,6 +115,7 @@ class DataSection:
     difficulty: int = 1
     task_options: dict = field(default_factory=dict)   # extra keyword arguments of the task
     train_size: int = 2000
+    extra_train: list[ExtraTrain] = field(default_factory=list)   # more training rows, other difficulty/options
     eval_size: int = 200
     eval_seed: int | None = None      # seed of a built-in task's eval set; None: run.seed + 10000
     apply_chat_template: bool = True
@@ -570,6 +579,11 @@ def _check_data(d: DataSection, c: _Checker):
         c.fail("data.columns", "must map 'prompt' to the prompt column of the dataset")
     c.at_least("data.difficulty", d.difficulty, 1)
     c.at_least("data.train_size", d.train_size, 1)
+    for i, extra in enumerate(d.extra_train):
+        if d.task is None:
+            c.fail("data.extra_train", "needs a built-in data.task")
+        c.at_least(f"data.extra_train[{i}].size", extra.size, 1)
+        c.at_least(f"data.extra_train[{i}].difficulty", extra.difficulty, 1)
     c.at_least("data.eval_size", d.eval_size, 0)
 
 

@@ -88,6 +88,9 @@ def load_rows(cfg: RunConfig, tokenizer):
         seen = {r["prompt"] for r in held_out}      # small tasks repeat prompts: keep the eval set unseen
         train = [r for r in make_task(d.task, d.train_size, seed=cfg.run.seed, difficulty=d.difficulty,
                                       **d.task_options) if r["prompt"] not in seen]
+        for extra in d.extra_train:                 # other difficulties / options of the same task
+            train += [r for r in make_task(d.task, extra.size, seed=cfg.run.seed, difficulty=extra.difficulty,
+                                           **{**d.task_options, **extra.task_options}) if r["prompt"] not in seen]
         return train, held_out
     kwargs = dict(columns=d.columns, tokenizer=tokenizer if d.apply_chat_template else None,
                   system_prompt=d.system_prompt)

@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--operands", type=int, default=2, help="arithmetic: numbers per prompt")
     p.add_argument("--trace", type=int, default=0,
                    help="countdown: targets are worked searches of up to this many attempts (0: the answer alone)")
+    p.add_argument("--extra-train", action="append", default=[], metavar="JSON",
+                   help='more training rows of the same task from other options, e.g. \'{"n": 1000, "difficulty": 6, '
+                        '"kinds": ["units"]}\' (repeatable; held-out prompts are removed from them too)')
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--eval-size", type=int, default=200)
@@ -118,12 +121,26 @@ def eval_rows(args) -> list[dict]:
     return make_task(args.task, args.eval_size, seed=args.eval_seed, **task_options(args))
 
 
+def extra_specs(args) -> list[dict]:
+    """The --extra-train specs as dicts {"n", "difficulty", and task options}."""
+    specs = [json.loads(text) for text in args.extra_train]
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("n"), int) or spec["n"] < 1:
+            raise SystemExit(f"--extra-train needs a JSON object with an integer n >= 1, got {spec!r}")
+    return specs
+
+
 def train_rows(args, n: int, exclude: set[str]) -> list[dict]:
     """Up to n training rows from the train seed, none of whose prompts is in the held-out set
-    (2-digit addition has only 10,000 prompts, so the two seeds alone would overlap)."""
+    (2-digit addition has only 10,000 prompts, so the two seeds alone would overlap), then the
+    --extra-train rows (same seed and task, their own options; held-out prompts removed too)."""
     rows = make_task(args.task, n + 2 * len(exclude) + 100, seed=args.train_seed, **task_options(args))
-    kept = [r for r in rows if r["prompt"] not in exclude]
-    return kept[:n]
+    kept = [r for r in rows if r["prompt"] not in exclude][:n]
+    for spec in extra_specs(args):
+        options = {**task_options(args), **{k: v for k, v in spec.items() if k != "n"}}
+        kept += [r for r in make_task(args.task, spec["n"], seed=args.train_seed, **options)
+                 if r["prompt"] not in exclude]
+    return kept
 
 
 def encode(tokenizer, row) -> tuple[list[int], list[int]]:
@@ -241,6 +258,9 @@ def rl_config(args, out: Path, budget: int) -> dict:
     return {
         "model.path": str(out), "tokenizer": str(out),
         "data.task": args.task, "data.difficulty": args.difficulty, "data.task_options": options,
+        "data.extra_train": [{"size": spec["n"], "difficulty": spec.get("difficulty", args.difficulty),
+                              "task_options": {k: v for k, v in spec.items() if k not in ("n", "difficulty")}}
+                             for spec in extra_specs(args)],
         "data.eval_size": args.eval_size, "eval_seed": args.eval_seed,
         "eval_rows": f"make_task({args.task!r}, {args.eval_size}, seed={args.eval_seed}, "
                      f"difficulty={args.difficulty}{shown})",

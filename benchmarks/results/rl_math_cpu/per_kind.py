@@ -1,5 +1,5 @@
 """Held-out greedy answers right per kind of the math_word task for each model folder in argv[2] (comma-separated);
-argv[3:] are deltarl.rl.warmup arguments naming the task and the held-out set. Output: rl_math_cpu/per_kind.txt."""
+argv[3:] are deltarl.rl.warmup arguments naming the task and the held-out set. Output: rl_math_cpu/per_kind.txt (attempt3/per_kind.txt for the second round)."""
 import sys
 import torch
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer
