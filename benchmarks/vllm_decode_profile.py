@@ -8,9 +8,13 @@ this script checks that on the machine:
   1. decode tokens/s with and without per-token logprobs (the RL engine asks for them);
   2. the inter-token latency from vLLM's own metrics (`get_metrics()`, needs log stats on);
   3. a torch-profiler trace of decode steps only (`profiler_config`, start_profile / stop_profile),
-     whose kernel table (profiler_out_*.txt) says GPU-bound or CPU-bound.
+     whose kernel table (profiler_out_*.txt) says GPU-bound or CPU-bound;
+  4. whether each timed window was pure decode: vLLM's own counters before and after it (preemptions,
+     prompt tokens, running / waiting requests), beside what the engine chose (KV and state block sizes,
+     cache blocks, CUDA-graph mode and capture sizes, batched-token budget).
 
     PYTHONPATH=/tmp/site:. python3 benchmarks/vllm_decode_profile.py --out $OUT [--mode default|full_decode_only]
+        [--model hybrid|mla] [--cells 64x4096,256x32768,64x131072]
 
 `--mode full_decode_only` builds the engine with compilation off and full CUDA graphs for decode only
 (sizes 64 and 256) and synchronous scheduling: a second data point, and a faster start.
@@ -55,6 +59,32 @@ def tokens_per_s(llm, prompts, first, logprobs):
     return timed_decode(run, prompts, first)
 
 
+COUNTERS = ("vllm:num_preemptions", "vllm:prompt_tokens", "vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def counters(llm) -> dict:
+    """The scheduler counters and gauges of COUNTERS now (summed over label sets)."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for metric in llm.get_metrics():
+        if metric.name in out:
+            out[metric.name] += float(getattr(metric, "value", 0) or 0)
+    return out
+
+
+def engine_choices(llm) -> list[str]:
+    """What vLLM chose for this model: cache block sizes and count, CUDA-graph mode and sizes, budgets."""
+    config = llm.llm_engine.vllm_config
+    cache, sched, comp = config.cache_config, config.scheduler_config, config.compilation_config
+    facts = {"block_size (tokens)": cache.block_size, "mamba_block_size": getattr(cache, "mamba_block_size", None),
+             "num_gpu_blocks": cache.num_gpu_blocks, "cache_dtype": cache.cache_dtype,
+             "mamba_ssm_cache_dtype": getattr(cache, "mamba_ssm_cache_dtype", None),
+             "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens,
+             "async_scheduling": getattr(sched, "async_scheduling", None),
+             "cudagraph_mode": getattr(comp, "cudagraph_mode", None),
+             "cudagraph_capture_sizes": getattr(comp, "cudagraph_capture_sizes", None)}
+    return [f"- {k}: {v}" for k, v in facts.items()]
+
+
 def inter_token_latency(llm):
     """Mean inter-token latency (s) over everything generated so far, from vLLM's histogram."""
     for metric in llm.get_metrics():
@@ -68,32 +98,45 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--mode", default="default", choices=["default", "full_decode_only"])
     ap.add_argument("--cells", default="64x4096,256x4096", help="comma-separated BxL")
+    ap.add_argument("--model", default="hybrid", choices=["hybrid", "mla"], help="rollout.py's 106M hybrid or all-MLA")
     args = ap.parse_args()
     out = Path(args.out)
     if not all(c.count("x") == 1 and all(x.isdigit() for x in c.split("x")) for c in args.cells.split(",")):
         ap.error(f"--cells: {args.cells!r} is not a comma-separated list of BxL (e.g. 64x4096,256x4096)")
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")]
     context = max(length for _, length in cells)
-    lines = [f"# vLLM decode, hybrid 106M ({torch.cuda.get_device_name()}), mode {args.mode}", "",
-             "| batch | context | tokens/s, no logprobs | tokens/s, logprobs=0 | ms per step (no logprobs) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [f"# vLLM decode, {args.model} 106M ({torch.cuda.get_device_name()}), mode {args.mode}", "",
+             "Counters: change over the cell's timed runs (both tokens/s columns); a pure-decode window has no "
+             "preemptions, and prompt tokens = 3 runs x 2 columns x batch x context (each run prefills its batch once).", "",
+             "| batch | context | tokens/s, no logprobs | tokens/s, logprobs=0 | ms per step (no logprobs) "
+             "| preemptions | prompt tokens | running / waiting after |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        KimiLinearForCausalLM(bench_config(False)).to(torch.bfloat16).save_pretrained(tmp)
+        KimiLinearForCausalLM(bench_config(args.model == "mla")).to(torch.bfloat16).save_pretrained(tmp)
         trace_dir = (out / f"trace_{args.mode}").resolve()
         first = warm_start(*cells[0], VLLM_PREFILL_TOKENS)
         llm = build_llm(tmp, args.mode, context, trace_dir, first)
         llm.generate([{"prompt_token_ids": p} for p in random_prompts(4, 256)], use_tqdm=False)   # warm-up
+        choices = engine_choices(llm)
+        print("\n".join(choices), flush=True)
         results = {}
         for batch, length in cells:
             prompts = random_prompts(batch, length)
             d1 = warm_start(batch, length, VLLM_PREFILL_TOKENS)
+            before = counters(llm)
             plain = tokens_per_s(llm, prompts, d1, None)
             with_lp = tokens_per_s(llm, prompts, d1, 0)
-            results[f"{batch}x{length}"] = dict(no_logprobs=plain, logprobs=with_lp)
+            after = counters(llm)
+            delta = {k: after[k] - before[k] for k in COUNTERS}
+            results[f"{batch}x{length}"] = dict(no_logprobs=plain, logprobs=with_lp, counters_before=before,
+                                                counters_after=after)
             step_ms = f"{batch / plain * 1e3:.2f}" if isinstance(plain, float) else ""
-            lines.append(f"| {batch} | {length:,} | {fmt(plain)} | {fmt(with_lp)} | {step_ms} |")
+            lines.append(f"| {batch} | {length:,} | {fmt(plain)} | {fmt(with_lp)} | {step_ms} "
+                         f"| {delta['vllm:num_preemptions']:.0f} | {delta['vllm:prompt_tokens']:,.0f} "
+                         f"| {after['vllm:num_requests_running']:.0f} / {after['vllm:num_requests_waiting']:.0f} |")
             print(lines[-1], flush=True)
+        lines += ["", "What vLLM chose for this model:", "", *choices]
         itl = inter_token_latency(llm)
         lines += ["", f"Mean inter-token latency over all requests (vLLM metrics, prefill steps included): "
                   f"{itl * 1e3:.2f} ms."]
@@ -107,8 +150,9 @@ def main():
         lines += ["", f"Profile: {trace_dir} (decode steps {first}..{first + 16} of {batch} x {length:,})."]
     text = "\n".join(lines) + "\n"
     print(text)
-    (out / f"vllm_decode_{args.mode}.md").write_text(text)
-    (out / f"vllm_decode_{args.mode}.json").write_text(json.dumps(dict(results=results, itl_s=itl), indent=1))
+    (out / f"vllm_decode_{args.model}_{args.mode}.md").write_text(text)
+    (out / f"vllm_decode_{args.model}_{args.mode}.json").write_text(
+        json.dumps(dict(results=results, itl_s=itl), indent=1, default=str))
 
 
 if __name__ == "__main__":
