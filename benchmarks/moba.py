@@ -12,8 +12,9 @@ model's cached decoding (float32) against its full forward. Then, per context le
   out.backward), median of a few after a warm-up (which compiles FlexAttention);
 - a decode step of the layer for 4 sequences over a cache of T tokens (latents random), median of 10.
 Variants: `dense` (the model's MLA path: SDPA over the sequence), `moba-4096x3` and `moba-512x8`
-(block size x top_k; FlexAttention's gathered way, the model's default on CUDA) and `tiled-4096x3` (the
-tiled way); not by default, `flex-dense` (one block per sequence: causal attention in FlexAttention, to
+(block size x top_k; FlexAttention's gathered way, the model's default on CUDA), `triton-4096x3` and
+`triton-512x8` (the Triton row attention, `deltarl/kernels/moba/triton_rows.py`); not by default,
+`tiled-4096x3` (the tiled way) and `flex-dense` (one block per sequence: causal attention in FlexAttention, to
 tell FlexAttention's kernel from SDPA's apart from MoBA's sparsity). OOM is recorded and the run goes on. DIR/moba_<device>.md is rewritten after every row, so
 a run cut short keeps what it measured (to split a run over calls, give each its own --sizes and DIR).
 The first MoBA row pays FlexAttention's compilation in its warm-up call, not in its timing.
@@ -43,8 +44,9 @@ from deltarl.model.moba import add_to_block_sums  # noqa: E402
 
 VARIANTS = {"dense": None, "moba-4096x3": (4096, 3, "gathered"), "moba-512x8": (512, 8, "gathered"),
             "tiled-4096x3": (4096, 3, "tiled"),
+            "triton-4096x3": (4096, 3, "triton"), "triton-512x8": (512, 8, "triton"),     # triton_rows.py
             "flex-dense": (2**30, 1, "tiled")}     # one block per sequence: causal attention in FlexAttention
-DEFAULT_VARIANTS = "dense,moba-4096x3,moba-512x8,tiled-4096x3"
+DEFAULT_VARIANTS = "dense,moba-4096x3,moba-512x8,triton-4096x3,triton-512x8"
 LAYER = 3                    # 0-based index of the MLA layer in a 4-layer config (1-based layer 4)
 DECODE_BATCH = 4
 
@@ -58,9 +60,10 @@ def check(device, lines):
     # shows as an O(1) error, far above bf16's rounding
     bounds = {torch.float64: 1e-12} if cpu else {torch.bfloat16: 5e-2}
     for dtype, bound in bounds.items():
-        for impl in ("gathered", "tiled"):
+        for impl in ("gathered", "tiled") + (() if cpu else ("triton",)):
             errors = flex_errors(device, dtype, lengths, H, block_size, top_k, impl)
-            lines.append(f"- flex {impl} vs masked path, {lengths} tokens, block {block_size}, top-{top_k}, "
+            way = impl if impl == "triton" else f"flex {impl}"
+            lines.append(f"- {way} vs masked path, {lengths} tokens, block {block_size}, top-{top_k}, "
                          f"{str(dtype)[6:]}: max error / max |ref| of o, dq, dk, dv = "
                          + ", ".join(f"{e:.1e}" for e in errors))
             if max(errors) > bound:
@@ -97,7 +100,11 @@ def flex_errors(device, dtype, lengths, H, block_size, top_k, impl):
         return [t.detach().double() for t in (o, *torch.autograd.grad((o * cotangent).sum(), inputs))]
 
     reference = run(lambda q, k, v: padded_moba_attention(q, k, v, cu, block_size, top_k, scale))
-    got = run(lambda q, k, v: flex_moba_attention(q, k, v, cu, block_size, top_k, scale, impl=impl, attend=attend))
+    if impl == "triton":
+        got = run(lambda q, k, v: moba_attention(q, k, v, cu, block_size, top_k, scale, impl="triton"))
+    else:
+        got = run(lambda q, k, v: flex_moba_attention(q, k, v, cu, block_size, top_k, scale, impl=impl,
+                                                      attend=attend))
     return [float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, reference)]
 
 
@@ -266,8 +273,8 @@ def main():
     path = os.path.join(args.out, f"moba_{name.replace(' ', '_')}.md")
     for T in sizes:
         for variant in args.variants.split(","):
-            if smoke:            # the tiled way needs FlexAttention's backward: not on the CPU
-                if variant.startswith("tiled"):
+            if smoke:            # the tiled way needs FlexAttention's backward, the triton way CUDA
+                if variant.startswith(("tiled", "triton")):
                     continue
             reps = 3 if T <= 131072 else 1
             fb, dec, peak = measure(variant, T, device, torch.float32 if smoke else torch.bfloat16, smoke, reps)

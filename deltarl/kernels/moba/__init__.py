@@ -15,9 +15,13 @@ from .naive import naive_moba_attention, visible_keys
 
 def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None,
                    impl: str = "gathered"):
-    """MoBA over packed sequences: FlexAttention on CUDA (`flex.py`, its `impl` way); on the CPU the
-    sequences are gathered into right-padded rows and attended with a boolean mask (`masked.py`)."""
+    """MoBA over packed sequences. On CUDA: impl "gathered" or "tiled" (FlexAttention, `flex.py`) or "triton"
+    (one Triton attention over (query, block) rows, `triton_rows.py`); on the CPU the sequences are gathered
+    into right-padded rows and attended with a boolean mask (`masked.py`)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if q.is_cuda and impl == "triton":
+        from .triton_rows import triton_moba_attention
+        return triton_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
     if q.is_cuda:
         return flex_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale, impl=impl)
     return padded_moba_attention(q, k, v, cu_seqlens, block_size, top_k, scale)
