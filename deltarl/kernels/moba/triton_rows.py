@@ -25,8 +25,9 @@ def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, K
     tile, h = tl.program_id(0), tl.program_id(1)
     rows = tile * BM + tl.arange(0, BM)
     in_r = rows < R
-    g = tl.load(ROW_G + h * R + rows, mask=in_r, other=num_blocks)                   # [BM], num_blocks: none
-    t = tl.load(ROW_Q + h * R + rows, mask=in_r, other=0)                             # [BM] query token
+    rows = h.to(tl.int64) * R + rows                     # offsets into [H, R] (64-bit: H * R * Dv passes 2**31)
+    g = tl.load(ROW_G + rows, mask=in_r, other=num_blocks)                            # [BM], num_blocks: none
+    t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)                        # [BM] query token
     dk, dv = tl.arange(0, BDK), tl.arange(0, BDV)
     q = tl.load(Q + (t[:, None] * H + h) * DK + dk[None, :], mask=in_r[:, None] & (dk[None, :] < DK), other=0.0)
     m = tl.full([BM], float("-inf"), tl.float32)
@@ -39,7 +40,7 @@ def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, K
         start = tl.load(G_START + blk)
         end = tl.load(G_START + blk + 1)
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
-            keys = start + j * BN + tl.arange(0, BN)
+            keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
             in_k = keys < end
             k = tl.load(K + (keys[:, None] * H + h) * DK + dk[None, :], mask=in_k[:, None] & (dk[None, :] < DK),
                         other=0.0)
@@ -59,9 +60,9 @@ def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, K
     has = l > 0
     o = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
-    tl.store(O + (h * R + rows[:, None]) * DV + dv[None, :], o.to(O.dtype.element_ty),
+    tl.store(O + rows[:, None] * DV + dv[None, :], o.to(O.dtype.element_ty),
              mask=in_r[:, None] & (dv[None, :] < DV))
-    tl.store(LSE + h * R + rows, lse, mask=in_r)
+    tl.store(LSE + rows, lse, mask=in_r)
 
 
 @triton.jit
@@ -73,15 +74,15 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
     tile, h = tl.program_id(0), tl.program_id(1)
     rows = tile * BM + tl.arange(0, BM)
     in_r = rows < R
-    g = tl.load(ROW_G + h * R + rows, mask=in_r, other=num_blocks)
-    t = tl.load(ROW_Q + h * R + rows, mask=in_r, other=0)
+    rows = h.to(tl.int64) * R + rows                     # offsets into [H, R]
+    g = tl.load(ROW_G + rows, mask=in_r, other=num_blocks)
+    t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)
     dk, dv = tl.arange(0, BDK), tl.arange(0, BDV)
     q = tl.load(Q + (t[:, None] * H + h) * DK + dk[None, :], mask=in_r[:, None] & (dk[None, :] < DK), other=0.0)
-    do = tl.load(DO + (h * R + rows[:, None]) * DV + dv[None, :], mask=in_r[:, None] & (dv[None, :] < DV),
-                 other=0.0)
-    lse = tl.load(LSE + h * R + rows, mask=in_r, other=float("-inf"))
+    do = tl.load(DO + rows[:, None] * DV + dv[None, :], mask=in_r[:, None] & (dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + rows, mask=in_r, other=float("-inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)                 # a row with no key: p = 0
-    delta = tl.load(DELTA + h * R + rows, mask=in_r, other=0.0)
+    delta = tl.load(DELTA + rows, mask=in_r, other=0.0)
     dq = tl.zeros([BM, BDK], tl.float32)
     g_lo = tl.load(ROW_G + h * R + tile * BM)                                 # rows are sorted by block:
     g_hi = tl.minimum(tl.load(ROW_G + h * R + tl.minimum(tile * BM + BM, R) - 1), num_blocks - 1)  # first, last
@@ -90,7 +91,7 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
         start = tl.load(G_START + blk)
         end = tl.load(G_START + blk + 1)
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
-            keys = start + j * BN + tl.arange(0, BN)
+            keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
             in_k = keys < end
             k = tl.load(K + (keys[:, None] * H + h) * DK + dk[None, :], mask=in_k[:, None] & (dk[None, :] < DK),
                         other=0.0)
@@ -103,7 +104,7 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
             ds = p * (dp - delta[:, None]) * scale
             dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
         blk += 1
-    tl.store(DQ + (h * R + rows[:, None]) * DK + dk[None, :], dq, mask=in_r[:, None] & (dk[None, :] < DK))
+    tl.store(DQ + rows[:, None] * DK + dk[None, :], dq, mask=in_r[:, None] & (dk[None, :] < DK))
 
 
 @triton.jit
@@ -114,7 +115,7 @@ def _rows_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DKEY, DVAL, ROW_Q, SEG_START, G_STAR
     blk, j, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(G_START + blk)
     end = tl.load(G_START + blk + 1)
-    keys = start + j * BN + tl.arange(0, BN)
+    keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
     in_k = keys < end
     if start + j * BN < end:
         dk_, dv_ = tl.arange(0, BDK), tl.arange(0, BDV)
@@ -130,13 +131,13 @@ def _rows_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DKEY, DVAL, ROW_Q, SEG_START, G_STAR
         while r0 < r_hi:                  # the rows sorted into this block
             rows = r0 + tl.arange(0, BM)
             in_r = rows < r_hi
-            t = tl.load(ROW_Q + h * R + rows, mask=in_r, other=0)
+            rows = h.to(tl.int64) * R + rows             # offsets into [H, R]
+            t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)
             q = tl.load(Q + (t[:, None] * H + h) * DK + dk_[None, :], mask=in_r[:, None] & (dk_[None, :] < DK),
                         other=0.0)
-            do = tl.load(DO + (h * R + rows[:, None]) * DV + dv_[None, :],
-                         mask=in_r[:, None] & (dv_[None, :] < DV), other=0.0)
-            lse = tl.load(LSE + h * R + rows, mask=in_r, other=float("inf"))
-            delta = tl.load(DELTA + h * R + rows, mask=in_r, other=0.0)
+            do = tl.load(DO + rows[:, None] * DV + dv_[None, :], mask=in_r[:, None] & (dv_[None, :] < DV), other=0.0)
+            lse = tl.load(LSE + rows, mask=in_r, other=float("inf"))
+            delta = tl.load(DELTA + rows, mask=in_r, other=0.0)
             s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale                         # [BM, BN]
             seen = in_r[:, None] & in_k[None, :] & (keys[None, :] <= t[:, None])
             p = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)
