@@ -15,6 +15,7 @@ import triton.language as tl
 
 BLOCK_M = 64      # rows per tile
 BLOCK_N = 64      # keys per tile
+LAUNCH = dict(num_warps=4, num_stages=2)   # MLA's qk width 192 pads to 256: q and k tiles take 32 KiB each
 
 
 @triton.jit
@@ -168,7 +169,7 @@ class RowAttention(torch.autograd.Function):
                     BM=BLOCK_M, BN=BLOCK_N)                  # tl.dot needs every dimension >= 16
         dims["KEY_TILES"] = triton.cdiv(max_block, BLOCK_N)        # constant per block size: compiled once
         _rows_fwd[(triton.cdiv(R, BLOCK_M), H)](q, k, v, o, lse, row_query, row_block, block_start, R, H, G,
-                                                scale, **dims)
+                                                scale, **dims, **LAUNCH)
         ctx.save_for_backward(q, k, v, o, lse, row_query, row_block, block_start)
         ctx.scale, ctx.max_block, ctx.dims = scale, max_block, dims
         return o, lse
@@ -184,7 +185,7 @@ class RowAttention(torch.autograd.Function):
             delta = delta - dlse.float()
         dq_rows = torch.zeros(H, R, q.shape[-1], dtype=torch.float32, device=q.device)
         _rows_bwd_dq[(triton.cdiv(R, BLOCK_M), H)](q, k, v, do, lse, delta, dq_rows, row_query, row_block,
-                                                   block_start, R, H, G, ctx.scale, **ctx.dims)
+                                                   block_start, R, H, G, ctx.scale, **ctx.dims, **LAUNCH)
         # rows of each block per head: [H, G + 1] offsets into the sorted rows
         ids = torch.arange(G + 1, device=q.device, dtype=row_block.dtype)
         seg_start = torch.searchsorted(row_block.contiguous(), ids[None].expand(H, G + 1).contiguous()).to(torch.int32)
@@ -193,7 +194,7 @@ class RowAttention(torch.autograd.Function):
         dims = {k_: v_ for k_, v_ in ctx.dims.items() if k_ != "KEY_TILES"}
         _rows_bwd_dkdv[(G, ctx.dims["KEY_TILES"], H)](
             q, k, v, do, lse, delta, dkey, dval, row_query, seg_start.contiguous(), block_start, R, H, G,
-            ctx.scale, **dims)
+            ctx.scale, **dims, **LAUNCH)
         dq = _rows_to_queries(dq_rows, row_query, q.shape[0])
         return dq.to(q.dtype), dkey.to(k.dtype), dval.to(v.dtype), None, None, None, None, None
 
