@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 64      # rows per tile
-BLOCK_N = 64      # keys per tile
-LAUNCH = dict(num_warps=4, num_stages=2)   # MLA's qk width 192 pads to 256: q and k tiles take 32 KiB each
+# (rows, keys) per tile of each kernel, and the launch: at MLA's head sizes (qk 192, padded to 256; v 128)
+# these compile for sm_90 without register spills (benchmarks/moba_static.py); larger tiles spill
+FWD_TILES, DQ_TILES, DKDV_TILES = (64, 64), (32, 32), (32, 32)
+LAUNCH = dict(num_warps=8, num_stages=2)
 
 
 @triton.jit
@@ -165,11 +166,12 @@ class RowAttention(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o = q.new_empty(H, R, Dv)
         lse = torch.empty(H, R, dtype=torch.float32, device=q.device)
-        dims = dict(DK=Dk, DV=Dv, BDK=max(16, triton.next_power_of_2(Dk)), BDV=max(16, triton.next_power_of_2(Dv)),
-                    BM=BLOCK_M, BN=BLOCK_N)                  # tl.dot needs every dimension >= 16
-        dims["KEY_TILES"] = triton.cdiv(max_block, BLOCK_N)        # constant per block size: compiled once
-        _rows_fwd[(triton.cdiv(R, BLOCK_M), H)](q, k, v, o, lse, row_query, row_block, block_start, R, H, G,
-                                                scale, **dims, **LAUNCH)
+        dims = dict(DK=Dk, DV=Dv, BDK=max(16, triton.next_power_of_2(Dk)),   # tl.dot needs every dimension >= 16
+                    BDV=max(16, triton.next_power_of_2(Dv)))
+        BM, BN = FWD_TILES
+        # KEY_TILES: key tiles in the longest block, constant per block size (compiled once)
+        _rows_fwd[(triton.cdiv(R, BM), H)](q, k, v, o, lse, row_query, row_block, block_start, R, H, G, scale,
+                                           KEY_TILES=triton.cdiv(max_block, BN), BM=BM, BN=BN, **dims, **LAUNCH)
         ctx.save_for_backward(q, k, v, o, lse, row_query, row_block, block_start)
         ctx.scale, ctx.max_block, ctx.dims = scale, max_block, dims
         return o, lse
@@ -184,17 +186,19 @@ class RowAttention(torch.autograd.Function):
         if dlse is not None:              # the merge differentiates through the lse: d lse / d s = p
             delta = delta - dlse.float()
         dq_rows = torch.zeros(H, R, q.shape[-1], dtype=torch.float32, device=q.device)
-        _rows_bwd_dq[(triton.cdiv(R, BLOCK_M), H)](q, k, v, do, lse, delta, dq_rows, row_query, row_block,
-                                                   block_start, R, H, G, ctx.scale, **ctx.dims, **LAUNCH)
+        BM, BN = DQ_TILES
+        _rows_bwd_dq[(triton.cdiv(R, BM), H)](q, k, v, do, lse, delta, dq_rows, row_query, row_block, block_start,
+                                              R, H, G, ctx.scale, KEY_TILES=triton.cdiv(ctx.max_block, BN), BM=BM,
+                                              BN=BN, **ctx.dims, **LAUNCH)
         # rows of each block per head: [H, G + 1] offsets into the sorted rows
         ids = torch.arange(G + 1, device=q.device, dtype=row_block.dtype)
         seg_start = torch.searchsorted(row_block.contiguous(), ids[None].expand(H, G + 1).contiguous()).to(torch.int32)
         dkey = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dval = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        dims = {k_: v_ for k_, v_ in ctx.dims.items() if k_ != "KEY_TILES"}
-        _rows_bwd_dkdv[(G, ctx.dims["KEY_TILES"], H)](
+        BM, BN = DKDV_TILES
+        _rows_bwd_dkdv[(G, triton.cdiv(ctx.max_block, BN), H)](
             q, k, v, do, lse, delta, dkey, dval, row_query, seg_start.contiguous(), block_start, R, H, G,
-            ctx.scale, **dims, **LAUNCH)
+            ctx.scale, BM=BM, BN=BN, **ctx.dims, **LAUNCH)
         dq = _rows_to_queries(dq_rows, row_query, q.shape[0])
         return dq.to(q.dtype), dkey.to(k.dtype), dval.to(v.dtype), None, None, None, None, None
 
