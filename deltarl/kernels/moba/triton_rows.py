@@ -106,7 +106,7 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
             ds = p * (dp - delta[:, None]) * scale
             dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
         blk += 1
-    tl.store(DQ + rows[:, None] * DK + dk[None, :], dq, mask=in_r[:, None] & (dk[None, :] < DK))
+    tl.store(DQ + rows[:, None] * DK + dk[None, :], dq.to(DQ.dtype.element_ty), mask=in_r[:, None] & (dk[None, :] < DK))
 
 
 @triton.jit
@@ -182,10 +182,11 @@ class RowAttention(torch.autograd.Function):
         H, R = row_query.shape
         G = block_start.numel() - 1
         do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1)                                   # [H, R]
+        # [H, R] float32, a head at a time: float32 copies of do and o whole would be gigabytes at 128K
+        delta = torch.stack([(do[h].float() * o[h].float()).sum(-1) for h in range(H)])
         if dlse is not None:              # the merge differentiates through the lse: d lse / d s = p
             delta = delta - dlse.float()
-        dq_rows = torch.zeros(H, R, q.shape[-1], dtype=torch.float32, device=q.device)
+        dq_rows = torch.zeros(H, R, q.shape[-1], dtype=q.dtype, device=q.device)   # a query's rows add up below
         BM, BN = DQ_TILES
         _rows_bwd_dq[(triton.cdiv(R, BM), H)](q, k, v, do, lse, delta, dq_rows, row_query, row_block, block_start,
                                               R, H, G, ctx.scale, KEY_TILES=triton.cdiv(ctx.max_block, BN), BM=BM,
@@ -204,11 +205,15 @@ class RowAttention(torch.autograd.Function):
 
 
 def _rows_to_queries(dq_rows, row_query, T):
-    """dq [T, H, Dk]: the sum of each query's rows (dq_rows [H, R, Dk] in sorted order)."""
+    """dq [T, H, Dk] float32: the sum of each query's rows (dq_rows [H, R, Dk] in sorted order), a head at
+    a time (the rows of all heads are several times q's size)."""
     H, R, Dk = dq_rows.shape
-    order = torch.argsort(row_query.long(), dim=1, stable=True)                # rows of query 0 first, ...
-    by_query = dq_rows.gather(1, order[..., None].expand_as(dq_rows))           # [H, R, Dk], R = T * copies
-    return by_query.view(H, T, R // T, Dk).sum(2).transpose(0, 1)              # [T, H, Dk]
+    dq = dq_rows.new_empty(T, H, Dk, dtype=torch.float32)
+    for h in range(H):
+        order = torch.argsort(row_query[h].long(), stable=True)                # rows of query 0 first, ...
+        by_query = dq_rows[h].index_select(0, order)                           # [R, Dk], R = T * copies
+        dq[:, h] = by_query.view(T, R // T, Dk).sum(1, dtype=torch.float32)
+    return dq
 
 
 def triton_moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float):
