@@ -7,7 +7,7 @@ that is every key). The rows of a query then merge by their log-sum-exps (`flex.
 
 Backward is FlashAttention-2's: dq by row tiles (recomputing the probabilities from the saved lse), dk and
 dv by key tiles, each key tile of a block visiting the rows sorted into that block (no atomics: every key
-tile belongs to one block and one program). The row-to-query sum of dq is a gather by the inverse order.
+tile belongs to one block and one program). A query's rows then add up into its dq, a head at a time.
 """
 import torch
 import triton
@@ -218,7 +218,7 @@ def _rows_to_queries(dq_rows, row_query, T):
 
 def triton_moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float):
     """q, k [1, T, H, Dk]; v [1, T, H, Dv] -> o [1, T, H, Dv]: the gate, the row attention, the merge."""
-    from .flex import _merge
+    from .flex import PermuteRows, _merge
     from .gate import block_means, choose_blocks, packed_blocks
     block, first, num_blocks = packed_blocks(cu_seqlens, block_size)                  # [T], [T]
     means = block_means(k[0].detach(), block, num_blocks)                             # [G, H, Dk]
@@ -237,7 +237,8 @@ def triton_moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scal
     max_block = int((block_start[1:] - block_start[:-1]).max()) if num_blocks else 1
     o_rows, lse_rows = RowAttention.apply(q[0], k[0], v[0], row_query, row_block, block_start, max_block, scale)
     unsort = torch.argsort(order, dim=1)                                               # sorted row -> (t, slot)
-    o_all = o_rows.gather(1, unsort[..., None].expand_as(o_rows)).view(H, T, copies, -1)   # [H, T, 1 + slots, Dv]
-    lse_all = lse_rows.gather(1, unsort).view(H, T, copies)
+    # back to (query, slot) order; PermuteRows' backward gathers (torch.gather's would scatter-add)
+    o_all = PermuteRows.apply(o_rows, unsort, order).view(H, T, copies, -1)              # [H, T, 1 + slots, Dv]
+    lse_all = PermuteRows.apply(lse_rows[..., None], unsort, order).view(H, T, copies)
     o = _merge(o_all[None, :, :, 0], lse_all[None, :, :, 0], o_all[None, :, :, 1:], lse_all[None, :, :, 1:])
     return o[0].transpose(0, 1)[None]                                                  # [1, T, H, Dv]
