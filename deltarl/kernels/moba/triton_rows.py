@@ -20,23 +20,38 @@ LAUNCH = dict(num_warps=8, num_stages=2)
 
 
 @triton.jit
+def _token_rows(X, tokens, h, H, D: tl.constexpr, BD: tl.constexpr, mask):
+    """x[tokens, h, :D] of a [T, H, D] tensor, padded to [n, BD] (zeros where masked)."""
+    d = tl.arange(0, BD)
+    return tl.load(X + (tokens[:, None] * H + h) * D + d[None, :], mask=mask[:, None] & (d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _row_tile(ROW_Q, ROW_G, tile, h, R, num_blocks, BM: tl.constexpr):
+    """Tile `tile` of head h's sorted rows: (offsets into [H, R] (64-bit: H * R * Dv passes 2**31), in range,
+    block [BM] (num_blocks: none), query token [BM], first and last block of the tile)."""
+    rows = tile * BM + tl.arange(0, BM)
+    in_r = rows < R
+    g_lo = tl.load(ROW_G + h * R + tile * BM)                                 # rows are sorted by block:
+    g_hi = tl.minimum(tl.load(ROW_G + h * R + tl.minimum(tile * BM + BM, R) - 1), num_blocks - 1)  # first, last
+    rows = h.to(tl.int64) * R + rows
+    g = tl.load(ROW_G + rows, mask=in_r, other=num_blocks)
+    t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)
+    return rows, in_r, g, t, g_lo, g_hi
+
+
+@triton.jit
 def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, KEY_TILES: tl.constexpr,
               DK: tl.constexpr, DV: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr):
     """One tile of BM sorted rows of head h: o [BM, DV] and lse [BM] over each row's block keys <= its query."""
     tile, h = tl.program_id(0), tl.program_id(1)
-    rows = tile * BM + tl.arange(0, BM)
-    in_r = rows < R
-    rows = h.to(tl.int64) * R + rows                     # offsets into [H, R] (64-bit: H * R * Dv passes 2**31)
-    g = tl.load(ROW_G + rows, mask=in_r, other=num_blocks)                            # [BM], num_blocks: none
-    t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)                        # [BM] query token
-    dk, dv = tl.arange(0, BDK), tl.arange(0, BDV)
-    q = tl.load(Q + (t[:, None] * H + h) * DK + dk[None, :], mask=in_r[:, None] & (dk[None, :] < DK), other=0.0)
+    rows, in_r, g, t, g_lo, g_hi = _row_tile(ROW_Q, ROW_G, tile, h, R, num_blocks, BM)
+    dv = tl.arange(0, BDV)
+    q = _token_rows(Q, t, h, H, DK, BDK, in_r)
     m = tl.full([BM], float("-inf"), tl.float32)
     l = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
-    g_lo = tl.load(ROW_G + h * R + tile * BM)                                 # rows are sorted by block:
-    g_hi = tl.minimum(tl.load(ROW_G + h * R + tl.minimum(tile * BM + BM, R) - 1), num_blocks - 1)  # first, last
     blk = g_lo
     while blk <= g_hi:                    # the blocks of this tile's rows: one, sometimes two
         start = tl.load(G_START + blk)
@@ -44,10 +59,8 @@ def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, K
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
             keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
             in_k = keys < end
-            k = tl.load(K + (keys[:, None] * H + h) * DK + dk[None, :], mask=in_k[:, None] & (dk[None, :] < DK),
-                        other=0.0)
-            v = tl.load(V + (keys[:, None] * H + h) * DV + dv[None, :], mask=in_k[:, None] & (dv[None, :] < DV),
-                        other=0.0)
+            k = _token_rows(K, keys, h, H, DK, BDK, in_k)                               # [BN, BDK]
+            v = _token_rows(V, keys, h, H, DV, BDV, in_k)
             s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale                            # [BM, BN]
             seen = (g[:, None] == blk) & in_k[None, :] & (keys[None, :] <= t[:, None])
             s = tl.where(seen, s, float("-inf"))
@@ -74,20 +87,14 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
                  BM: tl.constexpr, BN: tl.constexpr):
     """dq [BM, DK] of a tile of sorted rows (float32, in row order)."""
     tile, h = tl.program_id(0), tl.program_id(1)
-    rows = tile * BM + tl.arange(0, BM)
-    in_r = rows < R
-    rows = h.to(tl.int64) * R + rows                     # offsets into [H, R]
-    g = tl.load(ROW_G + rows, mask=in_r, other=num_blocks)
-    t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)
+    rows, in_r, g, t, g_lo, g_hi = _row_tile(ROW_Q, ROW_G, tile, h, R, num_blocks, BM)
     dk, dv = tl.arange(0, BDK), tl.arange(0, BDV)
-    q = tl.load(Q + (t[:, None] * H + h) * DK + dk[None, :], mask=in_r[:, None] & (dk[None, :] < DK), other=0.0)
+    q = _token_rows(Q, t, h, H, DK, BDK, in_r)
     do = tl.load(DO + rows[:, None] * DV + dv[None, :], mask=in_r[:, None] & (dv[None, :] < DV), other=0.0)
     lse = tl.load(LSE + rows, mask=in_r, other=float("-inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)                 # a row with no key: p = 0
     delta = tl.load(DELTA + rows, mask=in_r, other=0.0)
     dq = tl.zeros([BM, BDK], tl.float32)
-    g_lo = tl.load(ROW_G + h * R + tile * BM)                                 # rows are sorted by block:
-    g_hi = tl.minimum(tl.load(ROW_G + h * R + tl.minimum(tile * BM + BM, R) - 1), num_blocks - 1)  # first, last
     blk = g_lo
     while blk <= g_hi:                    # the blocks of this tile's rows: one, sometimes two
         start = tl.load(G_START + blk)
@@ -95,10 +102,8 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
             keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
             in_k = keys < end
-            k = tl.load(K + (keys[:, None] * H + h) * DK + dk[None, :], mask=in_k[:, None] & (dk[None, :] < DK),
-                        other=0.0)
-            v = tl.load(V + (keys[:, None] * H + h) * DV + dv[None, :], mask=in_k[:, None] & (dv[None, :] < DV),
-                        other=0.0)
+            k = _token_rows(K, keys, h, H, DK, BDK, in_k)                               # [BN, BDK]
+            v = _token_rows(V, keys, h, H, DV, BDV, in_k)
             s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
             seen = (g[:, None] == blk) & in_k[None, :] & (keys[None, :] <= t[:, None])
             p = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)                        # [BM, BN]
@@ -121,10 +126,8 @@ def _rows_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DKEY, DVAL, ROW_Q, SEG_START, G_STAR
     in_k = keys < end
     if start + j * BN < end:
         dk_, dv_ = tl.arange(0, BDK), tl.arange(0, BDV)
-        k = tl.load(K + (keys[:, None] * H + h) * DK + dk_[None, :], mask=in_k[:, None] & (dk_[None, :] < DK),
-                    other=0.0)
-        v = tl.load(V + (keys[:, None] * H + h) * DV + dv_[None, :], mask=in_k[:, None] & (dv_[None, :] < DV),
-                    other=0.0)
+        k = _token_rows(K, keys, h, H, DK, BDK, in_k)
+        v = _token_rows(V, keys, h, H, DV, BDV, in_k)
         dkey = tl.zeros([BN, BDK], tl.float32)
         dval = tl.zeros([BN, BDV], tl.float32)
         r_lo = tl.load(SEG_START + h * (num_blocks + 1) + blk)
@@ -135,8 +138,7 @@ def _rows_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DKEY, DVAL, ROW_Q, SEG_START, G_STAR
             in_r = rows < r_hi
             rows = h.to(tl.int64) * R + rows             # offsets into [H, R]
             t = tl.load(ROW_Q + rows, mask=in_r, other=0).to(tl.int64)
-            q = tl.load(Q + (t[:, None] * H + h) * DK + dk_[None, :], mask=in_r[:, None] & (dk_[None, :] < DK),
-                        other=0.0)
+            q = _token_rows(Q, t, h, H, DK, BDK, in_r)
             do = tl.load(DO + rows[:, None] * DV + dv_[None, :], mask=in_r[:, None] & (dv_[None, :] < DV), other=0.0)
             lse = tl.load(LSE + rows, mask=in_r, other=float("inf"))
             delta = tl.load(DELTA + rows, mask=in_r, other=0.0)
