@@ -15,30 +15,25 @@ benchmarks/results/async_<name>/.
 """
 import argparse
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.runs import run_job  # noqa: E402
 STEADY_FROM = 3
 
 
 def run(config: str, staleness: int, steps: int, overrides: list[str], runs: Path) -> Path:
-    out = runs / f"staleness{staleness}"
-    command = [sys.executable, "run_rl.py", "--config", config, f"run.steps={steps}", "run.save_every=0",
-               "run.progress_bar=false", f"run.output_dir={out}", f"algorithm.max_staleness={staleness}", *overrides]
-    print(" ".join(command), flush=True)
-    t0 = time.time()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    (runs / f"staleness{staleness}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"staleness {staleness}: run_rl.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    print(f"  done in {time.time() - t0:.0f} s", flush=True)
-    return Path(re.findall(r"^run directory: (.+)$", proc.stdout, re.M)[-1])
+    settings = [f"run.steps={steps}", "run.save_every=0", "run.progress_bar=false",
+                f"run.output_dir={runs / f'staleness{staleness}'}", f"algorithm.max_staleness={staleness}"]
+    try:
+        return run_job(config, settings + overrides, runs / f"staleness{staleness}.log")
+    except RuntimeError as error:
+        raise SystemExit(f"staleness {staleness}: {error}")
 
 
 def summarize(metrics: Path) -> dict:

@@ -18,7 +18,6 @@ of samples/s against GPUs, and each cell's metrics under benchmarks/results/scal
 """
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.runs import run_job  # noqa: E402
 STEADY_FROM = 3
 
 
@@ -69,18 +70,9 @@ def overrides_of(cell: Cell, cpu: bool) -> list[str]:
 
 
 def run(config: str, cell: Cell, steps: int, extra: list[str], runs: Path, cpu: bool, timeout: float) -> Path:
-    out = runs / cell.name
-    command = [sys.executable, "run_rl.py", "--config", config, f"run.steps={steps}", "run.save_every=0",
-               "run.eval_every=0", "run.progress_bar=false", f"run.output_dir={out}",
-               *overrides_of(cell, cpu), *extra]
-    print(" ".join(command), flush=True)
-    t0 = time.time()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    (runs / f"{cell.name}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cell.name}: run_rl.py exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    print(f"  done in {time.time() - t0:.0f} s", flush=True)
-    return Path(re.findall(r"^run directory: (.+)$", proc.stdout, re.M)[-1])
+    settings = [f"run.steps={steps}", "run.save_every=0", "run.eval_every=0", "run.progress_bar=false",
+                f"run.output_dir={runs / cell.name}"]
+    return run_job(config, settings + overrides_of(cell, cpu) + extra, runs / f"{cell.name}.log", timeout)
 
 
 def summarize(metrics: Path) -> dict:
