@@ -246,7 +246,9 @@ def main():
     args = parser.parse_args()
     if args.profile:
         for item in args.profile:
-            variant, T = item.split("@")
+            variant, _, T = item.partition("@")
+            if variant not in VARIANTS or not T.isdigit():
+                parser.error(f"--profile {item!r}: want VARIANT@TOKENS with VARIANT one of {list(VARIANTS)}")
             name = torch.cuda.get_device_name().replace(" ", "_")
             profile(variant, int(T), os.path.join(args.out, f"moba_profile_{variant}_{T}_{name}.txt"))
         return

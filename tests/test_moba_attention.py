@@ -157,3 +157,9 @@ def test_permute_rows_equals_gather_with_gradients(copies):
     by_gather = x.gather(1, (perm // copies)[..., None].expand(2, 7 * copies, 5))
     assert torch.equal(PermuteRows.apply(x, perm, inverse, copies), by_gather)
     assert torch.autograd.gradcheck(lambda t: PermuteRows.apply(t, perm, inverse, copies), (x,))
+
+
+def test_an_unknown_impl_is_refused_naming_the_choices():
+    q, k, v, cu = packed_inputs([20])
+    with pytest.raises(ValueError, match="'gathered', 'tiled', 'triton'"):
+        moba_attention(q, k, v, cu, 8, 2, impl="flash")

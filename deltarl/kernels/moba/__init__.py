@@ -13,11 +13,16 @@ from .masked import masked_moba_attention, moba_mask
 from .naive import naive_moba_attention, visible_keys
 
 
+MOBA_IMPLS = ("gathered", "tiled", "triton")      # the CUDA paths; the CPU takes the masked one whatever impl
+
+
 def moba_attention(q, k, v, cu_seqlens, block_size: int, top_k: int, scale: float | None = None,
                    impl: str = "gathered"):
     """MoBA over packed sequences. On CUDA: impl "gathered" or "tiled" (FlexAttention, `flex.py`) or "triton"
     (one Triton attention over (query, block) rows, `triton_rows.py`); on the CPU the sequences are gathered
     into right-padded rows and attended with a boolean mask (`masked.py`)."""
+    if impl not in MOBA_IMPLS:
+        raise ValueError(f"impl must be one of {list(MOBA_IMPLS)}, got {impl!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.is_cuda and impl == "triton":
         from .triton_rows import triton_moba_attention
