@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.rollout import copy_bandwidth  # noqa: E402
 from deltarl.kernels.kda import chunk_kda_torch  # noqa: E402
 from deltarl.kernels.kda.triton_autograd import chunk_kda_triton  # noqa: E402
 from deltarl.kernels.kda.triton_recurrent import fused_recurrent_kda_triton  # noqa: E402
@@ -242,10 +243,7 @@ def decode_line():
     t_dec = triton.testing.do_bench(lambda: fused_recurrent_kda_triton(*xs, initial_state=pool, cu_seqlens=cu,
                                                                        ssm_state_indices=idx, inplace_final_state=True),
                                     warmup=50, rep=200, return_mode="median")
-    big = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device="cuda")
-    big2 = torch.empty_like(big)
-    t_copy = triton.testing.do_bench(lambda: big2.copy_(big), warmup=50, rep=200, return_mode="median")
-    bw = 2 * big.numel() / (t_copy * 1e-3)                   # bytes read + written per second
+    bw = copy_bandwidth()                                    # bytes read + written per second
     state_bytes = N * H * K * V * 4
     t_floor = 2 * state_bytes / bw * 1e3
     return ["", f"Decode step, 256 sequences, H=32, K=V=128, fp32 state pool in place: {t_dec * 1e3:.1f} us; "
