@@ -60,7 +60,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
+    return (f"{cpu}, {usable_cores()} usable cores of {os.cpu_count()}, Linux {platform.release()}, "
             f"Python {platform.python_version()}")
 
 
@@ -119,9 +119,14 @@ def bench_synthetic(n: int) -> float:
     return time.perf_counter() - t0
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def worker_counts() -> list[int]:
     """1, 2 and all cores (as many distinct counts as this machine has)."""
-    return sorted({1, min(2, os.cpu_count() or 1), os.cpu_count() or 1})
+    return sorted({1, min(2, usable_cores()), usable_cores()})
 
 
 def bench_workers(kind: str, n: int, workers: int) -> tuple[float, float]:
@@ -171,7 +176,7 @@ def worker_rows(scale: float) -> list[tuple]:
     import ray
 
     n_code, n_math = max(8, int(64 * scale)), max(40, int(400 * scale))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
     rows = []
     try:
         for kind, n, unit, per in (("code", n_code, "programs/s", 4), ("math", n_math, "checks/s", 1)):
