@@ -23,8 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.runs import run_job  # noqa: E402
-STEADY_FROM = 3
+from benchmarks.runs import STEADY_FROM, run_job, steady_means, step_records  # noqa: E402
 
 
 def run(config: str, staleness: int, steps: int, overrides: list[str], runs: Path) -> Path:
@@ -37,21 +36,19 @@ def run(config: str, staleness: int, steps: int, overrides: list[str], runs: Pat
 
 
 def summarize(metrics: Path) -> dict:
+    """Steady-state speed of one run, its reward curve against samples and its evals against wall-clock."""
     records = [json.loads(line) for line in metrics.open()]
-    steps = sorted((r for r in records if "time/step_s" in r), key=lambda r: r["step"])
+    steps = step_records(metrics)
     evals = sorted((r for r in records if "eval/greedy_accuracy" in r), key=lambda r: r["step"])
-    steady = [r for r in steps if r["step"] >= STEADY_FROM]
+    summary = steady_means(steps)
+    steady = summary.pop("steady")
     samples = [r["perf/samples_per_s"] * r["time/step_s"] for r in steps]
     clock, elapsed = {0: 0.0}, 0.0
     for r in steps:
         elapsed += r["time/step_s"]
         clock[r["step"]] = elapsed
     mean = lambda key: statistics.mean(r.get(key, 0.0) for r in steady)  # noqa: E731
-    return {
-        "samples_per_s": sum(r["perf/samples_per_s"] * r["time/step_s"] for r in steady) /
-        sum(r["time/step_s"] for r in steady),
-        "step_s": mean("time/step_s"), "rollout_s": mean("time/rollout_s"), "reward_s": mean("time/reward_s"),
-        "train_s": mean("time/train_s"), "sync_s": mean("time/sync_s"),
+    return summary | {
         "staleness": mean("async/staleness_mean"), "partial": mean("async/partial_samples_frac"),
         "probs_diff": mean("actor/rollout_probs_diff_mean"),
         "reward_last": statistics.mean(r["reward/mean"] for r in steps[-max(1, len(steps) // 4):]),

@@ -17,7 +17,6 @@ writes benchmarks/results/scaling_<device>.md (the current table first, earlier 
 of samples/s against GPUs, and each cell's metrics under benchmarks/results/scaling_<device>/.
 """
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -28,8 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.runs import run_job  # noqa: E402
-STEADY_FROM = 3
+from benchmarks.runs import STEADY_FROM, run_job, steady_means, step_records  # noqa: E402
 
 
 @dataclass
@@ -76,17 +74,14 @@ def run(config: str, cell: Cell, steps: int, extra: list[str], runs: Path, cpu: 
 
 
 def summarize(metrics: Path) -> dict:
-    """Steady-state means of one run's step records (samples/s weighted by step time)."""
-    records = [json.loads(line) for line in metrics.open()]
-    steps = [r for r in records if "time/step_s" in r]
-    steady = [r for r in steps if r["step"] >= STEADY_FROM] or steps
+    """Steady-state means of one run's step records, its token rates, peak learner memory and reward curve."""
+    steps = step_records(metrics)
+    summary = steady_means(steps)
+    steady = summary.pop("steady")
     mean = lambda key: statistics.mean(r.get(key, 0.0) for r in steady)  # noqa: E731
-    seconds = sum(r["time/step_s"] for r in steady)
-    return {
-        "steps": len(steps), "step_s": mean("time/step_s"), "rollout_s": mean("time/rollout_s"),
-        "reward_s": mean("time/reward_s"), "train_s": mean("time/train_s"), "sync_s": mean("time/sync_s"),
-        "rollout_tok_s": mean("perf/rollout_tokens_per_s"), "train_tok_s": mean("perf/train_tokens_per_s"),
-        "samples_per_s": sum(r["perf/samples_per_s"] * r["time/step_s"] for r in steady) / seconds,
+    return summary | {
+        "steps": len(steps), "rollout_tok_s": mean("perf/rollout_tokens_per_s"),
+        "train_tok_s": mean("perf/train_tokens_per_s"),
         "peak_gib": max((r.get("perf/learner_peak_gib", float("nan")) for r in steady), default=float("nan")),
         "reward": [(r["step"], r["reward/mean"]) for r in steps],
     }
