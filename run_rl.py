@@ -58,6 +58,9 @@ def main(argv=None):
     except RunFailure as error:
         print(f"run stopped: {error}", file=sys.stderr)
         return 3
+    except ConfigError as error:        # a setting that only the data shows wrong (rollout.max_model_len)
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
     print(f"run directory: {run_dir}")
     return 0
 

@@ -72,6 +72,12 @@ def test_dotted_override_into_a_mapping_field_keeps_its_other_keys():
     assert cfg.data.columns == {"prompt": "question", "answer": "answer"}
 
 
+def test_vllm_kwargs_take_nested_overrides():
+    cfg = load_config(None, ["rollout.engine=vllm", "rollout.vllm_kwargs.max_num_seqs=128",
+                             "rollout.vllm_kwargs.compilation_config.cudagraph_capture_sizes=[1, 8, 64]"])
+    assert cfg.rollout.vllm_kwargs == {"max_num_seqs": 128, "compilation_config": {"cudagraph_capture_sizes": [1, 8, 64]}}
+
+
 def test_int_accepted_for_float_and_stored_as_float():
     cfg = load_config(None, ["algorithm.clip_high=1", "rollout.temperature=2"])
     assert cfg.algorithm.clip_high == 1.0 and isinstance(cfg.algorithm.clip_high, float)
@@ -207,6 +213,12 @@ def test_typo_in_builtin_reward_suggests_the_nearest():
     (["data.path=x.jsonl"], "data.path: cannot be used together with data.task='arithmetic'"),
     (["data.task=null"], "data.task: is null and so is data.path"),
     (["model.path=ckpt", "model.init={hidden_size: 32}"], "model.init: is only used to build a fresh model"),
+    (["rollout.max_model_len=64"], "rollout.max_model_len: must be > rollout.max_tokens (64)"),
+    (["rollout.vllm_kwargs.max_num_seqs=8"], "rollout.vllm_kwargs: is for rollout.engine=vllm (this run's engine: "
+                                             "'embedded')"),
+    (["rollout.engine=vllm", "rollout.vllm_kwargs.seed=3"], "rollout.vllm_kwargs.seed: deltarl sets it"),
+    (["rollout.engine=vllm", "rollout.vllm_kwargs.max_model_len=9"],
+     "rollout.vllm_kwargs.max_model_len: deltarl sets it (set rollout.max_model_len)"),
 ])
 def test_fields_that_contradict_each_other(overrides, message):
     assert message in error_of(overrides=overrides, check_files=False)

@@ -45,6 +45,17 @@ OFFLOADS = ("none", "optimizer", "optimizer_and_params")
 PLACEMENTS = ("colocated", "split")
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")    # Ray's placement group strategies
 WEIGHT_SYNCS = ("auto", "object_store", "broadcast", "ipc")
+# vllm.LLM arguments deltarl sets itself, so rollout.vllm_kwargs may not: where to set each instead, or why
+VLLM_SET_BY_DELTARL = {
+    "model": "the policy checkpoint of the run", "tokenizer": "the policy checkpoint's tokenizer",
+    "dtype": "bfloat16 always", "seed": "rollout seeds travel with each request",
+    "gpu_memory_utilization": "set rollout.gpu_memory_utilization", "enforce_eager": "set rollout.enforce_eager",
+    "max_model_len": "set rollout.max_model_len",
+    "enable_prefix_caching": "off: a hybrid's recurrent state cannot be shared between sequences",
+    "enable_sleep_mode": "on: colocated engines release their memory while the learner trains",
+    "logprobs_mode": "processed_logprobs: the learner's correction needs the sampled distribution's",
+    "worker_extension_cls": "deltarl's weight-sync extension",
+}
 IS_CORRECTIONS = ("tis", "mask_token", "mask_sequence", "none")     # rl.algorithms.off_policy's
 PROXIMALS = ("learner", "rollout")
 STALE_SAMPLES = ("correct", "drop")
@@ -136,6 +147,8 @@ class RolloutSection:
     max_batch_size: int = 64    # sequences decoded at once per worker
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
+    max_model_len: int | None = None    # vLLM's context (prompt + response tokens); null: longest prompt + max_tokens
+    vllm_kwargs: dict = field(default_factory=dict)   # more keyword arguments of vllm.LLM (max_num_seqs, ...)
     weight_sync: str = "auto"   # learner -> engines: auto, object_store, broadcast (bucketed), ipc
     weight_sync_bucket_mb: float = 512   # broadcast: bucket size in MiB
     eval_temperature: float | None = None   # temperature of the pass@k samples; null: rollout.temperature
@@ -607,6 +620,13 @@ def _check_rollout(r: RolloutSection, c: _Checker):
     c.at_least("rollout.eval_n", r.eval_n, 1)
     c.at_least("rollout.partial_tokens", r.partial_tokens, 1)
     c.at_least("rollout.gpus_per_worker", r.gpus_per_worker, 0)
+    if r.max_model_len is not None and r.max_model_len <= r.max_tokens:
+        c.fail("rollout.max_model_len", f"must be > rollout.max_tokens ({r.max_tokens}): it holds the prompt too")
+    if r.vllm_kwargs and r.engine != "vllm":
+        c.fail("rollout.vllm_kwargs", f"is for rollout.engine=vllm (this run's engine: {r.engine!r})")
+    for key in r.vllm_kwargs:
+        if key in VLLM_SET_BY_DELTARL:
+            c.fail(f"rollout.vllm_kwargs.{key}", f"deltarl sets it ({VLLM_SET_BY_DELTARL[key]})")
 
 
 def _check_reward(r: RewardSection, c: _Checker):

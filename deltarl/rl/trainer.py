@@ -16,7 +16,7 @@ import torch
 from deltarl.rewards import RewardSpec
 from deltarl.rl.algorithms import (compute_advantages, dynamic_sampling_filter, groups_needed, kl_penalty,
                                    overlong_shaping)
-from deltarl.rl.config import RunConfig, config_to_dict, save_config
+from deltarl.rl.config import ConfigError, RunConfig, config_to_dict, save_config
 from deltarl.rl.data import load_prompt_dataset, make_task
 from deltarl.rl.evaluate import evaluate
 from deltarl.rl.monitor import Monitor, plot_run, progress
@@ -99,6 +99,32 @@ def load_rows(cfg: RunConfig, tokenizer):
     if d.eval_path:
         return rows, load_prompt_dataset(d.eval_path, **kwargs)[0][: d.eval_size]
     return rows[d.eval_size:], rows[: d.eval_size]
+
+
+def vllm_context_length(cfg: RunConfig, tokenizer, rows) -> int | None:
+    """vLLM's max_model_len for this run: `rollout.max_model_len`, or (null) the longest prompt of `rows`
+    plus `rollout.max_tokens`. None for the embedded engine. Raises ConfigError where the setting is
+    too short for a prompt and its response (vLLM would refuse the request in the middle of the run)."""
+    r = cfg.rollout
+    if r.engine != "vllm":
+        return None
+    longest = max((len(tokenizer(row["prompt"]).input_ids) for row in rows), default=0)
+    needed = longest + r.max_tokens
+    if r.max_model_len is not None and r.max_model_len < needed:
+        raise ConfigError(f"rollout.max_model_len: {r.max_model_len} tokens do not hold the longest prompt "
+                          f"({longest} tokens) and rollout.max_tokens ({r.max_tokens}); set it to at least "
+                          f"{needed}, or null to size it from the data")
+    return needed if r.max_model_len is None else r.max_model_len
+
+
+def engine_kwargs(cfg: RunConfig, tokenizer_path: str, max_model_len: int | None) -> dict:
+    """Keyword arguments of `make_engine` (after kind and checkpoint) for this run's engines."""
+    kwargs = dict(tokenizer_path=tokenizer_path, max_batch_size=cfg.rollout.max_batch_size)
+    if cfg.rollout.engine != "vllm":
+        return kwargs | dict(dtype=cfg.model.dtype)
+    return kwargs | dict(dtype="bfloat16", gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                         enforce_eager=cfg.rollout.enforce_eager, max_model_len=max_model_len,
+                         **cfg.rollout.vllm_kwargs)
 
 
 class PromptStream:
@@ -185,7 +211,7 @@ def reserve(cfg: RunConfig, bundles: list[dict]):
 
 
 def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_steps: int,
-                 initial_path: str | None = None):
+                 initial_path: str | None = None, max_model_len: int | None = None):
     """Local Ray (or the cluster in RAY_ADDRESS / ray.address), a placement group (`plan_placement`), the
     rollout engines and the learner group. The engines start from `policy_path`; the learner ranks from
     the run's initial policy `initial_path` (its KL reference; a resume then loads the checkpoint).
@@ -207,12 +233,7 @@ def start_actors(cfg: RunConfig, policy_path: str, tokenizer_path: str, total_st
     plan = plan_placement(cfg, gpus)
     group = reserve(cfg, plan.bundles)
     strategy = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)  # noqa: E731
-    rollout_kwargs = dict(tokenizer_path=tokenizer_path, max_batch_size=cfg.rollout.max_batch_size)
-    if cfg.rollout.engine == "vllm":
-        rollout_kwargs.update(dtype="bfloat16", gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                              enforce_eager=cfg.rollout.enforce_eager)
-    else:
-        rollout_kwargs.update(dtype=cfg.model.dtype)
+    rollout_kwargs = engine_kwargs(cfg, tokenizer_path, max_model_len)
 
     def start_engine(i):
         return rollout_actor_class(num_cpus=1, num_gpus=plan.engine_gpus[i]).options(
@@ -352,8 +373,9 @@ def train(cfg: RunConfig) -> Path:
     specs = [RewardSpec.from_config({k: v for k, v in vars(f).items()}) for f in cfg.reward.functions]
 
     state = ckpt.load_trainer_state(resume_from) if resume_from else {"step": 0, "position": 0}
+    max_model_len = vllm_context_length(cfg, tokenizer, train_rows + eval_rows)
     rollouts, learners, shared_gpu, start_engine, start_learners = start_actors(
-        cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path)
+        cfg, policy_path, tokenizer_path, cfg.run.steps, initial_path, max_model_len)
     budget = FailureBudget(cfg.run.max_restarts)
     engines = Engines(rollouts, start_engine, cfg, shared_gpu, learners, budget, run_dir, version=state["step"])
     reward_pool = start_reward_pool(cfg.reward, specs, cfg.ray.placement_timeout_s)   # None: score here
