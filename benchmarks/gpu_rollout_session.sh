@@ -4,8 +4,9 @@
 #                                                          # 64x4096,256x4096,64x32768, both models); no kit
 #   sh benchmarks/gpu_rollout_session.sh vllm [MODELS]     # vLLM cells (default hybrid,mla); needs the
 #                                                          # gpu-kit's vllm bundle in /tmp/site
-#   sh benchmarks/gpu_rollout_session.sh profile MODEL [CELLS]   # benchmarks/vllm_decode_profile.py for hybrid
-#                                                          # or mla (issue 21: counters, engine choices, trace)
+#   sh benchmarks/gpu_rollout_session.sh profile MODEL [CELLS]  # benchmarks/vllm_decode_profile.py for hybrid
+#                                                          # or mla (issue 21: counters, engine choices, trace);
+#                                                          # after CELLS: --vllm-arg K=V ... --tag NAME (a variant)
 # ROLLOUT_SECONDS bounds the whole call, ROLLOUT_BUDGET (s) the cells one model may start.
 # Values merge into benchmarks/results/rollout_<device>.json (tracked, so it travels with the tree);
 # the json and the .md made from it come back in $OUT even when the call runs out of time: copy them
@@ -27,10 +28,12 @@ case "$PART" in
   profile)
     export TRITON_CACHE_AUTOTUNING=1
     sh benchmarks/gpu_cache.sh restore
-    timeout $LIMIT python3 benchmarks/vllm_decode_profile.py --out $OUT --model ${2:-hybrid} \
-        --cells ${3:-64x4096,256x32768,64x131072} > $OUT/vllm_profile_${2:-hybrid}.log 2>&1
+    MODEL=${2:-hybrid}; CELLS=${3:-64x4096,256x32768,64x131072}
+    if [ $# -ge 3 ]; then shift 3; else shift $#; fi     # the rest: --vllm-arg KEY=VALUE ... --tag NAME
+    timeout $LIMIT python3 benchmarks/vllm_decode_profile.py --out $OUT --model $MODEL --cells $CELLS "$@" \
+        > $OUT/vllm_profile_$MODEL.log 2>&1
     echo "profile rc=$?"
-    grep -E "Maximum concurrency|KV cache|block size|CUDA graph|Capturing" $OUT/vllm_profile_${2:-hybrid}.log | head -20
+    grep -E "Maximum concurrency|KV cache|block size|CUDA graph|Capturing" $OUT/vllm_profile_$MODEL.log | head -20
     sh benchmarks/gpu_cache.sh save ;;
   *)
     echo "unknown part $PART: embedded, vllm or profile" >&2; exit 2 ;;

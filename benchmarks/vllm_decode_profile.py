@@ -14,11 +14,15 @@ this script checks that on the machine:
      cache blocks, CUDA-graph mode and capture sizes, batched-token budget).
 
     PYTHONPATH=/tmp/site:. python3 benchmarks/vllm_decode_profile.py --out $OUT [--mode default|full_decode_only]
-        [--model hybrid|mla] [--cells 64x4096,256x32768,64x131072]
+        [--model hybrid|mla] [--cells 64x4096,256x32768,64x131072] [--vllm-arg KEY=VALUE ... --tag NAME]
 
 `--mode full_decode_only` builds the engine with compilation off and full CUDA graphs for decode only
 (sizes 64 and 256) and synchronous scheduling: a second data point, and a faster start.
-Writes OUT/vllm_decode_<mode>.md (+ the profiler's files under OUT/trace_<mode>/).
+`--vllm-arg KEY=VALUE` (repeatable; VALUE read as YAML) adds or replaces an argument of `vllm.LLM`, the
+same ones a run passes through `rollout.vllm_kwargs` (e.g. `mamba_ssm_cache_dtype=float32`,
+`max_num_batched_tokens=8192`, `compilation_config={cudagraph_capture_sizes: [64, 256]}`); `--tag` names
+that variant's files.
+Writes OUT/vllm_decode_<model>_<mode>[_<tag>].md (+ the profiler's files under OUT/trace_<model>_<mode>[_<tag>]/).
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,7 +40,18 @@ from benchmarks.rollout import (VLLM_PREFILL_TOKENS, bench_config, fmt, random_p
                                 warm_start)
 from deltarl.model import KimiLinearForCausalLM  # noqa: E402
 
-def build_llm(path, mode, context, trace_dir, first):
+def parse_vllm_args(items: list[str]) -> dict:
+    """`KEY=VALUE` strings as keyword arguments (VALUE read as YAML: numbers, lists and mappings typed)."""
+    args = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--vllm-arg {item!r}: expected KEY=VALUE, e.g. mamba_ssm_cache_dtype=float32")
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+def build_llm(path, mode, context, trace_dir, first, extra: dict):
     from vllm import LLM
     kwargs = dict(model=str(path), dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=context + 1024,
                   max_num_seqs=256, skip_tokenizer_init=True, enable_prefix_caching=False, disable_log_stats=False,
@@ -45,7 +61,7 @@ def build_llm(path, mode, context, trace_dir, first):
     if mode == "full_decode_only":
         kwargs.update(compilation_config={"mode": 0, "cudagraph_mode": "FULL_DECODE_ONLY",
                                           "cudagraph_capture_sizes": [64, 256]}, async_scheduling=False)
-    return LLM(**kwargs)
+    return LLM(**(kwargs | extra))
 
 
 def tokens_per_s(llm, prompts, first, logprobs):
@@ -99,13 +115,23 @@ def main():
     ap.add_argument("--mode", default="default", choices=["default", "full_decode_only"])
     ap.add_argument("--cells", default="64x4096,256x4096", help="comma-separated BxL")
     ap.add_argument("--model", default="hybrid", choices=["hybrid", "mla"], help="rollout.py's 106M hybrid or all-MLA")
+    ap.add_argument("--vllm-arg", action="append", default=[], help="KEY=VALUE: another vllm.LLM argument")
+    ap.add_argument("--tag", default="", help="names the files of a --vllm-arg variant")
     args = ap.parse_args()
+    try:
+        extra = parse_vllm_args(args.vllm_arg)
+    except ValueError as error:
+        ap.error(str(error))
+    if extra and not args.tag:
+        ap.error("--vllm-arg: name the variant with --tag (its files would replace the default run's)")
+    name = f"{args.model}_{args.mode}" + (f"_{args.tag}" if args.tag else "")
     out = Path(args.out)
     if not all(c.count("x") == 1 and all(x.isdigit() for x in c.split("x")) for c in args.cells.split(",")):
         ap.error(f"--cells: {args.cells!r} is not a comma-separated list of BxL (e.g. 64x4096,256x4096)")
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")]
     context = max(length for _, length in cells)
     lines = [f"# vLLM decode, {args.model} 106M ({torch.cuda.get_device_name()}), mode {args.mode}", "",
+             *([f"Extra vllm.LLM arguments: `{json.dumps(extra)}`.", ""] if extra else []),
              "Counters: change over the cell's timed runs (both tokens/s columns); a pure-decode window has no "
              "preemptions, and prompt tokens = 3 runs x 2 columns x batch x context (each run prefills its batch once).", "",
              "| batch | context | tokens/s, no logprobs | tokens/s, logprobs=0 | ms per step (no logprobs) "
@@ -114,9 +140,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         KimiLinearForCausalLM(bench_config(args.model == "mla")).to(torch.bfloat16).save_pretrained(tmp)
-        trace_dir = (out / f"trace_{args.mode}").resolve()
+        trace_dir = (out / f"trace_{name}").resolve()
         first = warm_start(*cells[0], VLLM_PREFILL_TOKENS)
-        llm = build_llm(tmp, args.mode, context, trace_dir, first)
+        llm = build_llm(tmp, args.mode, context, trace_dir, first, extra)
         llm.generate([{"prompt_token_ids": p} for p in random_prompts(4, 256)], use_tqdm=False)   # warm-up
         choices = engine_choices(llm)
         print("\n".join(choices), flush=True)
@@ -150,8 +176,8 @@ def main():
         lines += ["", f"Profile: {trace_dir} (decode steps {first}..{first + 16} of {batch} x {length:,})."]
     text = "\n".join(lines) + "\n"
     print(text)
-    (out / f"vllm_decode_{args.model}_{args.mode}.md").write_text(text)
-    (out / f"vllm_decode_{args.model}_{args.mode}.json").write_text(
+    (out / f"vllm_decode_{name}.md").write_text(text)
+    (out / f"vllm_decode_{name}.json").write_text(
         json.dumps(dict(results=results, itl_s=itl), indent=1, default=str))
 
 
