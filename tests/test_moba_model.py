@@ -9,6 +9,8 @@ import torch
 from deltarl.model import KimiLinearCache, KimiLinearConfig, KimiLinearForCausalLM, char_tokenizer, tiny_config
 from deltarl.rollout import EmbeddedEngine, SamplingParams
 
+from .packing import assert_packed_equals_separate
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "config_moba_off.json")
 
 
@@ -133,19 +135,8 @@ def test_left_padded_batch_decodes_like_each_prompt_alone():
 
 
 def test_packed_sequences_equal_separate_forwards_with_gradients():
-    model = moba_model(block_size=4, top_k=2).train()
-    seqs = [torch.randint(4, 128, (n,)) for n in (7, 30, 1, 13)]
-    cu = torch.tensor([0] + torch.tensor([len(s) for s in seqs]).cumsum(0).tolist(), dtype=torch.int32)
-    packed = model(torch.cat(seqs)[None], cu_seqlens=cu).logits[0]
-    packed.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    for s, start, end in zip(seqs, cu[:-1].tolist(), cu[1:].tolist()):
-        alone = model(s[None]).logits[0]
-        assert (packed[start:end] - alone).abs().max() < 1e-6
-        alone.square().sum().backward()
-    for n, p in model.named_parameters():
-        assert (grads[n] - p.grad).norm() <= 1e-6 * p.grad.norm() + 1e-9, n
+    assert_packed_equals_separate(moba_model(block_size=4, top_k=2).train(), [7, 30, 1, 13], tol=1e-6,
+                                  grad_floor=1e-9, every_parameter=True)
 
 
 def test_embedded_engine_logprobs_equal_the_full_forward():

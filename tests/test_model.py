@@ -8,6 +8,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from deltarl.model import KimiLinearCache, KimiLinearConfig, KimiLinearForCausalLM, cache_bytes_per_sequence, tiny_config
 
+from .packing import assert_packed_equals_separate
+
 
 def hybrid_model(seed=0, **overrides):
     """4 layers: KDA (dense FFN), KDA (MoE), KDA (MoE), MLA (MoE)."""
@@ -101,20 +103,7 @@ def test_packed_sequences_equal_separate_forwards():
 def test_many_short_packed_sequences_equal_separate_forwards_with_gradients():
     """The RL learner's layout (many short sequences in one row): MLA attends over right-padded rows
     gathered by index, KDA over one chunk per sequence; logits and gradients match separate passes."""
-    model = hybrid_model().train()
-    seqs = [torch.randint(4, 128, (n,)) for n in (5, 9, 3, 7, 9, 1, 6, 8)]
-    cu = torch.tensor([0] + torch.tensor([len(s) for s in seqs]).cumsum(0).tolist(), dtype=torch.int32)
-    packed = model(torch.cat(seqs)[None], cu_seqlens=cu).logits[0]
-    packed.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    for s, start, end in zip(seqs, cu[:-1].tolist(), cu[1:].tolist()):
-        alone = model(s[None]).logits[0]
-        assert (packed[start:end] - alone).abs().max() < 1e-5
-        alone.square().sum().backward()
-    for n, p in model.named_parameters():
-        if n in grads:
-            assert (grads[n] - p.grad).norm() <= 1e-5 * p.grad.norm() + 1e-6, n
+    assert_packed_equals_separate(hybrid_model().train(), [5, 9, 3, 7, 9, 1, 6, 8], tol=1e-5, grad_floor=1e-6)
 
 
 def test_training_gradients_reach_every_parameter():
