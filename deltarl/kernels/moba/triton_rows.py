@@ -41,6 +41,20 @@ def _row_tile(ROW_Q, ROW_G, tile, h, R, num_blocks, BM: tl.constexpr):
 
 
 @triton.jit
+def _key_tile(q, K, V, first, end, blk, g, t, h, H, scale, DK: tl.constexpr, DV: tl.constexpr,
+              BDK: tl.constexpr, BDV: tl.constexpr, BN: tl.constexpr):
+    """Keys first..first+BN (those < end) of block blk against a row tile's q: k [BN, BDK], v [BN, BDV], the
+    scaled scores s [BM, BN] and which of them each row sees (its own block's keys up to its query)."""
+    keys = (first + tl.arange(0, BN)).to(tl.int64)
+    in_k = keys < end
+    k = _token_rows(K, keys, h, H, DK, BDK, in_k)
+    v = _token_rows(V, keys, h, H, DV, BDV, in_k)
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+    seen = (g[:, None] == blk) & in_k[None, :] & (keys[None, :] <= t[:, None])
+    return k, v, s, seen
+
+
+@triton.jit
 def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, KEY_TILES: tl.constexpr,
               DK: tl.constexpr, DV: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr):
@@ -57,12 +71,7 @@ def _rows_fwd(Q, K, V, O, LSE, ROW_Q, ROW_G, G_START, R, H, num_blocks, scale, K
         start = tl.load(G_START + blk)
         end = tl.load(G_START + blk + 1)
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
-            keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
-            in_k = keys < end
-            k = _token_rows(K, keys, h, H, DK, BDK, in_k)                               # [BN, BDK]
-            v = _token_rows(V, keys, h, H, DV, BDV, in_k)
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale                            # [BM, BN]
-            seen = (g[:, None] == blk) & in_k[None, :] & (keys[None, :] <= t[:, None])
+            k, v, s, seen = _key_tile(q, K, V, start + j * BN, end, blk, g, t, h, H, scale, DK, DV, BDK, BDV, BN)
             s = tl.where(seen, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -100,12 +109,7 @@ def _rows_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, ROW_Q, ROW_G, G_START, R, H, num_b
         start = tl.load(G_START + blk)
         end = tl.load(G_START + blk + 1)
         for j in range(0, KEY_TILES):     # key tiles of the block (at most max_block keys)
-            keys = (start + j * BN + tl.arange(0, BN)).to(tl.int64)
-            in_k = keys < end
-            k = _token_rows(K, keys, h, H, DK, BDK, in_k)                               # [BN, BDK]
-            v = _token_rows(V, keys, h, H, DV, BDV, in_k)
-            s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-            seen = (g[:, None] == blk) & in_k[None, :] & (keys[None, :] <= t[:, None])
+            k, v, s, seen = _key_tile(q, K, V, start + j * BN, end, blk, g, t, h, H, scale, DK, DV, BDK, BDV, BN)
             p = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)                        # [BM, BN]
             dp = tl.dot(do, tl.trans(v)).to(tl.float32)
             ds = p * (dp - delta[:, None]) * scale
