@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import deltarl.model.mla_attention as mla_module  # noqa: E402
+from benchmarks.report import previous_report, with_earlier_runs  # noqa: E402
 from deltarl.kernels.moba import dense_attend, flex_moba_attention, moba_attention, padded_moba_attention  # noqa: E402
 from deltarl.model import KimiLinearCache, KimiLinearConfig, KimiLinearForCausalLM, tiny_config  # noqa: E402
 from deltarl.model.batch import TokenLayout, seq_idx_from_cu_seqlens  # noqa: E402
@@ -49,6 +50,7 @@ VARIANTS = {"dense": None, "moba-4096x3": (4096, 3, "gathered"), "moba-512x8": (
 DEFAULT_VARIANTS = "dense,moba-4096x3,moba-512x8,triton-4096x3,triton-512x8"
 LAYER = 3                    # 0-based index of the MLA layer in a 4-layer config (1-based layer 4)
 DECODE_BATCH = 4
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # --- correctness ---------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def table(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--sizes", default="32768,131072,524288")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--cpu-smoke", action="store_true")
@@ -257,7 +259,7 @@ def main():
     name = "cpu-smoke" if smoke else torch.cuda.get_device_name()
     command = "--cpu-smoke" if smoke else f"--sizes {args.sizes} --variants {args.variants}"
     header = [f"# MoBA vs dense, one MLA layer ({name})", "",
-              f"torch {torch.__version__}; `PYTHONPATH=. python3 benchmarks/moba.py {command}`",
+              f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}; `PYTHONPATH=. python3 benchmarks/moba.py {command}`",
               "", "## Correctness", ""]
     torch.manual_seed(0)
     failed = False
@@ -273,6 +275,8 @@ def main():
                          "tiled-4096x3": (128, 3, "tiled")})
     rows = []
     path = os.path.join(args.out, f"moba_{name.replace(' ', '_')}.md")
+    # this device's committed results (they travel with the tree to the GPU machine) go below the new table
+    previous = "" if smoke else previous_report(os.path.join(RESULTS, os.path.basename(path)))
     for T in sizes:
         for variant in args.variants.split(","):
             if smoke:            # the tiled way needs FlexAttention's backward, the triton way CUDA
@@ -287,7 +291,7 @@ def main():
                 body = ["", "## Time", "", "Decode: a step for 4 sequences. Speed-up: dense time / variant time.", "",
                         *table(rows)]
                 with open(path, "w") as f:
-                    f.write("\n".join(header + body) + "\n")
+                    f.write(with_earlier_runs("\n".join(header + body) + "\n", previous))
     print("\n".join(["", *table(rows)]))
     if not smoke:
         print(f"wrote {path}")

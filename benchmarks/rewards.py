@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import previous_report, with_earlier_runs  # noqa: E402
 from deltarl.rewards import MathVerifier, RewardSpec, Sandbox, compute_rewards  # noqa: E402
 from deltarl.rewards.math import check_response  # noqa: E402
 from deltarl.rl.data import make_task  # noqa: E402
@@ -192,17 +193,6 @@ def worker_rows(scale: float) -> list[tuple]:
     return rows
 
 
-def write_results(path: Path, text: str):
-    """`text` first; the tables the file held before (its own earlier runs) after it."""
-    earlier = ""
-    if path.exists():
-        old = path.read_text()
-        first, _, history = old.partition("\n## Earlier runs\n")
-        earlier = first.split("\n", 1)[1].strip() + ("\n\n" + history.strip() if history.strip() else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + (f"\n## Earlier runs\n\n{earlier}\n" if earlier else ""))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -247,7 +237,9 @@ def main():
     print(f"Machine: {desc}; sandbox tier: {tier}\n")
     print(table)
     if not args.quick:
-        write_results(Path(args.out), text)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(with_earlier_runs(text, previous_report(out)))
         print(f"\nwritten to {args.out}")
 
 
