@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_results  # noqa: E402
 
 
 def engine_processes(root_pid: int) -> list[psutil.Process]:
@@ -105,9 +107,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     slug = device.replace(" ", "_")
-    for folder in (out, ROOT / "benchmarks" / "results"):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"engine_kill_{slug}.md").write_text(text)
+    write_results(f"engine_kill_{slug}.md", text, [out, ROOT / "benchmarks" / "results"])
     (out / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
     return 0 if code == 0 and hit else 1
 

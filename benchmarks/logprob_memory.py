@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_results  # noqa: E402
 from deltarl.rl.logprobs import CHUNK_TOKENS, token_stats  # noqa: E402
 
 
@@ -142,9 +143,8 @@ def main():
     print(text)
     if device.type == "cuda":
         slug = name.replace(" ", "_")
-        for folder in ([Path(args.out)] if args.out else []) + [ROOT / "benchmarks" / "results"]:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"logprob_memory_{slug}.md").write_text(text)
+        write_results(f"logprob_memory_{slug}.md", text,
+                      ([Path(args.out)] if args.out else []) + [ROOT / "benchmarks" / "results"])
     elif args.cpu_smoke:
         worst = max(diffs) if diffs else None
         if worst is None or worst > 1e-4:

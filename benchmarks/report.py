@@ -18,3 +18,18 @@ def with_earlier_runs(text: str, previous: str) -> str:
     body = current.split("\n", 1)[1].strip() if "\n" in current else ""
     parts = [part for part in (body, earlier.strip()) if part]
     return text.rstrip("\n") + "\n" + (f"\n{EARLIER}\n\n" + "\n\n".join(parts) + "\n" if parts else "")
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(filename: str, text: str, folders) -> Path | None:
+    """Write report `text` as `filename` into each of `folders` (benchmarks/results, the device tool's $OUT),
+    with the earlier runs of the committed benchmarks/results/`filename` below it. Returns the first path."""
+    full = with_earlier_runs(text, previous_report(RESULTS / filename))
+    paths = []
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        paths.append(Path(folder) / filename)
+        paths[-1].write_text(full)
+    return paths[0] if paths else None

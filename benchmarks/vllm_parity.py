@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_results  # noqa: E402
 from deltarl.model import KimiLinearCache, KimiLinearForCausalLM, char_tokenizer, tiny_config  # noqa: E402
 
 PROMPTS = ["12+34=", "The quick brown fox", "def add(a, b):\n    return", "Kimi Linear", "x" * 150]
@@ -160,9 +161,7 @@ def write_report(lines, summary, device, out):
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     slug = device.replace(" ", "_").replace("/", "_")
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    for folder in filter(None, [ROOT / "benchmarks" / "results", out and Path(out)]):
-        (Path(folder) / f"vllm_parity_{slug}.md").write_text(text)
+    write_results(f"vllm_parity_{slug}.md", text, filter(None, [ROOT / "benchmarks" / "results", out and Path(out)]))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_results  # noqa: E402
 from benchmarks.vllm_parity import NEW_TOKENS, PROMPTS, our_greedy, parity_config, save_checkpoint  # noqa: E402
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer  # noqa: E402
 from deltarl.rollout import SamplingParams, VLLMEngine  # noqa: E402
@@ -82,7 +83,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     slug = torch.cuda.get_device_name().replace(" ", "_")
-    (ROOT / "benchmarks" / "results" / f"vllm_weight_sync_{slug}.md").write_text(text)
+    write_results(f"vllm_weight_sync_{slug}.md", text, [ROOT / "benchmarks" / "results"])
 
 
 if __name__ == "__main__":

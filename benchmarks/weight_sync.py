@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_results  # noqa: E402
 from deltarl.model import KimiLinearForCausalLM, char_tokenizer, tiny_config  # noqa: E402
 from deltarl.rollout.weight_transfer import WeightSender, host_store, join_group, tensor_spec  # noqa: E402
 
@@ -286,9 +287,7 @@ def main():
     targets = [Path(args.out)] if args.out else []
     if gpu:
         targets.append(ROOT / "benchmarks" / "results")
-    for folder in targets:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"weight_sync_{slug}.md").write_text(text)
+    write_results(f"weight_sync_{slug}.md", text, targets)
     if len(results) < len(chosen):
         raise SystemExit("FAIL: a model did not complete (see the notes)")
 
