@@ -10,6 +10,7 @@ all ranks at once, and on the first failure kills every rank and raises `Learner
 rank and the cause. The run then ends; `resume=RUN_DIR` continues from its last checkpoint.
 """
 import os
+import time
 
 import torch
 
@@ -43,6 +44,9 @@ class LearnerWorker:
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "device": str(next(self.learner.model.parameters()).device),
                 "dist": dist.get_backend() if dist.is_initialized() else None}
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def call(self, method: str, *args):
         """`Learner.<method>(*args)` on this rank."""
@@ -135,11 +139,25 @@ class LearnerGroup:
         """Every rank restores what `save` wrote (a checkpoint of another group size is refused)."""
         self._run("load", str(folder))
 
-    def kill(self):
-        """End every rank's process now."""
+    def kill(self, timeout_s: float = 60.0):
+        """End every rank's process, and return once each is gone: `ray.kill` only asks, and a group started
+        next (after a failure) must not meet the old ranks still holding their GPUs and ports."""
         import ray
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        deadline = time.monotonic() + timeout_s
+        for rank, actor in enumerate(self.actors):
+            while True:
+                try:
+                    ray.get(actor.pid.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                except ray.exceptions.ActorDiedError:
+                    break
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    pass                                    # unreachable for now: ask again until the deadline
+                if time.monotonic() > deadline:
+                    raise LearnerGroupError(f"learner rank {rank} of {len(self.actors)} is still alive "
+                                            f"{timeout_s:.0f} s after ray.kill")
+                time.sleep(0.05)
 
     # --- calling every rank -----------------------------------------------------------------------
     def _call(self, method: str, *args) -> list:
