@@ -49,13 +49,14 @@ def steps_logged(output_dir: Path) -> int:
 
 class Killer:
     """Kills one actor of each name in `plan` in turn: each kill waits until the run has logged a step since
-    the last one (so every kill hits a working run, not one still recovering), then a random `gap_s`.
-    Stops early when the run ends. `kills`: (actor, pid) of each kill made."""
+    the last one (so every kill hits a working run, not one still recovering) and at least its entry of
+    `targets` steps, then a random `gap_s`. Stops early when the run ends. `kills`: (actor, pid) of each
+    kill made."""
 
     def __init__(self, process: subprocess.Popen, output_dir: Path, plan: list[str], seed: int, gap_s,
-                 wait_for_progress: bool = True):
+                 wait_for_progress: bool = True, targets=None):
         self.process, self.output_dir, self.plan, self.gap_s = process, output_dir, plan, gap_s
-        self.wait_for_progress = wait_for_progress
+        self.wait_for_progress, self.targets = wait_for_progress, targets or [0] * len(plan)
         self.rng, self.kills = random.Random(seed), []
 
     def alive(self) -> bool:
@@ -63,8 +64,8 @@ class Killer:
 
     def __call__(self):
         logged = 0
-        for actor in self.plan:
-            while self.alive() and steps_logged(self.output_dir) <= logged:    # the run got going again
+        for actor, target in zip(self.plan, self.targets):
+            while self.alive() and steps_logged(self.output_dir) < max(target, logged + 1):   # going again
                 time.sleep(0.1)
             time.sleep(self.rng.uniform(*self.gap_s))
             logged = steps_logged(self.output_dir) if self.wait_for_progress else -1
@@ -85,11 +86,11 @@ def start_run(args, log: Path) -> subprocess.Popen:
 
 
 def run_with_killer(args, output_dir: Path, plan: list[str], seed: int, timeout_s=900, gap_s=(0.5, 2.0),
-                    wait_for_progress=True):
+                    wait_for_progress=True, targets=None):
     """Run `args` while a Killer works through `plan`; returns (exit code, log text, kills)."""
     log = output_dir.parent / f"{output_dir.name}.log"
     run = start_run([*args, f"run.output_dir={output_dir}"], log)
-    killer = Killer(run, output_dir, plan, seed, gap_s, wait_for_progress)
+    killer = Killer(run, output_dir, plan, seed, gap_s, wait_for_progress, targets)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
@@ -111,7 +112,12 @@ def test_a_run_survives_its_actors_being_killed(tmp_path):
 
     plan = ["RolloutWorker", "LearnerWorker", "RewardWorker", "RolloutWorker", "LearnerWorker", "RewardWorker"]
     random.Random(seed).shuffle(plan)
-    code, log, kills = run_with_killer(CHAOS, tmp_path / "chaos", plan, seed)
+    # the steps each kill waits for, spread over the first two thirds of the 30: a run that two learner
+    # restarts set back still has steps left for the last kill (waiting only for one step after the
+    # previous kill, a run once finished before the last two kills)
+    targets = sorted(random.Random(seed + 1).sample(range(2, 21), len(plan)))
+    print("kill after steps:", targets)
+    code, log, kills = run_with_killer(CHAOS, tmp_path / "chaos", plan, seed, gap_s=(0.2, 1.0), targets=targets)
     print("kills:", kills)
     assert code == 0, log[-4000:]
     assert {actor for actor, _ in kills} == set(plan), f"the run ended before the kills: {kills}"
