@@ -46,21 +46,17 @@ def main(argv=None):
     overrides = [o if "=" not in o or not o.startswith("resume=") else "run." + o for o in args.overrides]
 
     from deltarl.rl.config import ConfigError, load_config
+    from deltarl.rl.recovery import RunFailure
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as error:
+        from deltarl.rl.trainer import train
+        run_dir = train(cfg)
+    except ConfigError as error:        # the config, or a setting only the data shows wrong (rollout.max_model_len)
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    from deltarl.rl.recovery import RunFailure
-    from deltarl.rl.trainer import train
-    try:
-        run_dir = train(cfg)
     except RunFailure as error:
         print(f"run stopped: {error}", file=sys.stderr)
         return 3
-    except ConfigError as error:        # a setting that only the data shows wrong (rollout.max_model_len)
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
     print(f"run directory: {run_dir}")
     return 0
 

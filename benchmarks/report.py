@@ -23,13 +23,10 @@ def with_earlier_runs(text: str, previous: str) -> str:
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(filename: str, text: str, folders) -> Path | None:
+def write_results(filename: str, text: str, folders):
     """Write report `text` as `filename` into each of `folders` (benchmarks/results, the device tool's $OUT),
-    with the earlier runs of the committed benchmarks/results/`filename` below it. Returns the first path."""
+    with the earlier runs of the committed benchmarks/results/`filename` below it."""
     full = with_earlier_runs(text, previous_report(RESULTS / filename))
-    paths = []
     for folder in folders:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        paths.append(Path(folder) / filename)
-        paths[-1].write_text(full)
-    return paths[0] if paths else None
+        (Path(folder) / filename).write_text(full)
